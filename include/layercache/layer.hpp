@@ -17,6 +17,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -31,6 +32,10 @@ namespace layercache {
 
 enum class layer_kind : unsigned char { objects, bytes };
 
+// Payload compression a byte layer asks the stack to apply when it encodes envelopes for it
+// (recorded in the envelope, so any reader can decode it).
+enum class compression : unsigned char { none, zstd, lz4 };
+
 // Static facts about a layer, fixed at construction.
 struct layer_info {
   std::string name;                       // "memory", "redis", "disk", ... used in metrics and status
@@ -39,6 +44,8 @@ struct layer_info {
   // lifetime in this layer is min(entry lifetime, max_ttl).
   std::chrono::milliseconds max_ttl{0};
   bool remote = false;                    // true for layers reached over a network (breaker, bus)
+  compression compress = compression::none;   // byte layers: payload compression to apply
+  std::size_t compress_min_bytes = 1024;      // payloads shorter than this stay uncompressed
 };
 
 class layer {

@@ -1,0 +1,244 @@
+// cache_stack.hpp — the cache: an ordered list of layers behind one read-through API.
+//
+//   using namespace std::chrono_literals;
+//   layercache::cache_stack cache({layercache::memory_layer::create({.max_entries = 100'000})},
+//                                 {.ttl = 10min});
+//   std::shared_ptr<const user> u = cache.get<user>("user:42", [&] { return db.load_user(42); });
+//
+// get() answers from the nearest layer holding a live entry and fills the layers above it
+// (backfill, keeping the entry's remaining lifetime). When no layer has it, the fetcher runs once
+// per key however many threads ask at the same moment (single-flight): the first caller fetches on
+// its own thread, the others wait for its result — or its exception, rethrown to each of them. The
+// fetched value is written to every layer.
+//
+// Values are immutable and shared: get returns std::shared_ptr<const T>; an L1 hit hands out another
+// reference to the object already in memory. A null pointer means "not found": a fetcher may return
+// std::optional<T>, and an empty optional is cached as a negative entry for negative_ttl.
+//
+// Invalidation during a fetch: a del, set or clear that reaches a key while its fetch is in flight
+// marks the fetch stale. Callers already waiting on it get the fetched value (they asked before the
+// invalidation completed), but the value is stored in no layer, so no later get sees it
+// (docs/design.md, "Invalidation during fill").
+//
+// Errors: infrastructure trouble in a layer (Redis down, corrupt bytes) never throws from a read: the
+// layer is skipped, counted in metrics() and reported to stack_options::on_event. Misuse throws:
+// invalid_argument_error (empty or too long key, invalid options, a fetcher re-entering get for the
+// key it is fetching), type_mismatch_error (a key read as another type than it holds),
+// wait_timeout_error (wait_deadline passed while waiting for another caller's fetch).
+// Mutations return a status naming the layers that failed.
+//
+// Thread-safety: every method may be called concurrently from any thread. Not copyable or movable;
+// share it by reference or shared_ptr. Destroying it while calls are running is undefined.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "layercache/codec.hpp"
+#include "layercache/detail/function_ref.hpp"
+#include "layercache/detail/type_ops.hpp"
+#include "layercache/error.hpp"
+#include "layercache/layer.hpp"
+#include "layercache/memory_layer.hpp"
+#include "layercache/metrics.hpp"
+#include "layercache/options.hpp"
+#include "layercache/status.hpp"
+
+namespace layercache {
+
+namespace detail {
+
+// What a fetcher produced, type-erased.
+struct fetch_result {
+  std::shared_ptr<const void> value;  // null when negative
+  bool negative = false;
+};
+
+template <class T>
+struct is_optional : std::false_type {};
+template <class T>
+struct is_optional<std::optional<T>> : std::true_type {};
+template <class T>
+struct is_shared_ptr : std::false_type {};
+template <class T>
+struct is_shared_ptr<std::shared_ptr<T>> : std::true_type {};
+
+// Converts what a fetcher returned (T, std::optional<T>, or std::shared_ptr<[const] T>).
+template <class T, class R>
+fetch_result to_fetch_result(R&& r) {
+  using plain = std::remove_cvref_t<R>;
+  if constexpr (is_optional<plain>::value) {
+    static_assert(std::is_convertible_v<typename plain::value_type, T>,
+                  "layercache: the fetcher returns std::optional<U> where U does not convert to T");
+    if (!r.has_value()) return {nullptr, true};
+    return {std::make_shared<const T>(std::move(*r)), false};
+  } else if constexpr (is_shared_ptr<plain>::value) {
+    static_assert(std::is_convertible_v<plain, std::shared_ptr<const T>>,
+                  "layercache: the fetcher returns a shared_ptr that does not convert to "
+                  "std::shared_ptr<const T>");
+    std::shared_ptr<const T> p = std::forward<R>(r);
+    if (!p) return {nullptr, true};
+    return {std::move(p), false};
+  } else {
+    static_assert(std::is_convertible_v<R, T>,
+                  "layercache: the fetcher must return T, std::optional<T> or std::shared_ptr<T>");
+    return {std::make_shared<const T>(std::forward<R>(r)), false};
+  }
+}
+
+template <class T>
+constexpr void require_codec() {
+  static_assert(has_codec<T>,
+                "layercache: no codec for this type. Give it nlohmann::json to_json/from_json "
+                "functions, or specialise layercache::codec<T> with static encode(const T&, "
+                "std::string&) and decode(std::string_view) (see layercache/codec.hpp).");
+}
+
+}  // namespace detail
+
+class cache_stack {
+ public:
+  // Builds a stack over `layers`, nearest first. Throws invalid_argument_error when the list is
+  // empty, holds a null, places a memory layer anywhere but first, or options are invalid.
+  explicit cache_stack(std::vector<std::shared_ptr<layer>> layers, stack_options options = {});
+  ~cache_stack();
+  cache_stack(const cache_stack&) = delete;
+  cache_stack& operator=(const cache_stack&) = delete;
+
+  // Read-through: the cached value for `key`, or the fetcher's answer (stored in every layer).
+  // `fetcher` is called with no arguments and returns T, std::optional<T> (empty = not found,
+  // cached for negative_ttl) or std::shared_ptr<T>. Returns null for "not found".
+  // Cost on an L1 hit: one hash, one shard lock, one reference-count increment; no allocation.
+  //
+  //   auto page = cache.get<std::string>("page:/home", [&] { return render_home(); },
+  //                                      {.ttl = 30s});
+  template <class T, class Fetcher>
+  std::shared_ptr<const T> get(std::string_view key, Fetcher&& fetcher,
+                               const get_options& options = {}) {
+    detail::require_codec<T>();
+    const detail::type_ops& ops = detail::ops_of<T>();
+    std::uint64_t hash = 0;
+    memory_layer::hit hit;
+    if (l1_lookup(key, ops, options, hash, hit)) {
+      return std::static_pointer_cast<const T>(std::move(hit.value));
+    }
+    auto fetch = [&fetcher]() -> detail::fetch_result {
+      return detail::to_fetch_result<T>(std::forward<Fetcher>(fetcher)());
+    };
+    return std::static_pointer_cast<const T>(get_slow(key, hash, ops, fetch, options));
+  }
+
+  // The cached value, or null when no layer holds a live entry (or it holds "not found"). Never
+  // fetches. A lower-layer hit fills the layers above it.
+  template <class T>
+  std::shared_ptr<const T> get_if_present(std::string_view key) {
+    detail::require_codec<T>();
+    return std::static_pointer_cast<const T>(get_if_present_erased(key, detail::ops_of<T>()));
+  }
+
+  // Stores `value` under `key` in every layer (replacing what is there) and marks an in-flight
+  // fetch of `key` stale.
+  template <class T>
+  status set(std::string_view key, T value, const set_options& options = {}) {
+    detail::require_codec<T>();
+    return set_erased(key, detail::ops_of<T>(), std::make_shared<const T>(std::move(value)),
+                      options);
+  }
+
+  // Removes `key` from every layer and marks an in-flight fetch of it stale.
+  status del(std::string_view key);
+
+  // True when get() would answer without calling the fetcher (a live value or a cached "not
+  // found" in some layer). Touches no eviction order or hit counters.
+  bool has(std::string_view key);
+
+  // Read-through for several keys. Keys already cached are answered from the layers; the keys
+  // missing everywhere — minus those another caller is already fetching, which are awaited — go to
+  // ONE call of `fetcher`, which receives them as std::span<const std::string> and returns a
+  // std::vector<std::optional<T>> (or std::vector<T>) of the same size and order (empty optional =
+  // not found). Returns one pointer per input key, in order (null = not found). Duplicate keys are
+  // allowed. A wrong-sized result throws invalid_argument_error to every waiter.
+  //
+  //   auto users = cache.get_many<user>(ids, [&](std::span<const std::string> missing) {
+  //     return db.load_users(missing);  // std::vector<std::optional<user>>
+  //   });
+  template <class T, class BatchFetcher>
+  std::vector<std::shared_ptr<const T>> get_many(std::span<const std::string> keys,
+                                                 BatchFetcher&& fetcher,
+                                                 const get_options& options = {}) {
+    detail::require_codec<T>();
+    auto fetch = [&fetcher](std::span<const std::string> missing) {
+      auto produced = std::forward<BatchFetcher>(fetcher)(missing);
+      std::vector<detail::fetch_result> out;
+      out.reserve(produced.size());
+      for (auto& r : produced) out.push_back(detail::to_fetch_result<T>(std::move(r)));
+      return out;
+    };
+    auto erased = get_many_erased(keys, detail::ops_of<T>(), fetch, options);
+    std::vector<std::shared_ptr<const T>> out;
+    out.reserve(erased.size());
+    for (auto& v : erased) out.push_back(std::static_pointer_cast<const T>(std::move(v)));
+    return out;
+  }
+
+  // Stores several values; byte layers receive them as one batch each.
+  template <class T>
+  status set_many(std::span<const std::pair<std::string, T>> entries,
+                  const set_options& options = {}) {
+    detail::require_codec<T>();
+    std::vector<std::pair<std::string_view, std::shared_ptr<const void>>> erased;
+    erased.reserve(entries.size());
+    for (const auto& [key, value] : entries) {
+      erased.emplace_back(key, std::make_shared<const T>(value));
+    }
+    return set_many_erased(erased, detail::ops_of<T>(), options);
+  }
+
+  // Removes several keys; byte layers receive them as one batch each.
+  status del_many(std::span<const std::string> keys);
+
+  // Removes every entry from every layer (a prefixed Redis layer clears its prefix only) and marks
+  // every in-flight fetch stale.
+  status clear();
+
+  // Counters and latency summaries, per layer and for the stack (metrics.hpp).
+  metrics_snapshot metrics() const;
+
+  const std::vector<std::shared_ptr<layer>>& layers() const noexcept;
+  const stack_options& options() const noexcept;
+
+ private:
+  struct impl;
+
+  using fetch_fn = detail::function_ref<detail::fetch_result()>;
+  using batch_fetch_fn =
+      detail::function_ref<std::vector<detail::fetch_result>(std::span<const std::string>)>;
+
+  bool l1_lookup(std::string_view key, const detail::type_ops& ops, const get_options& options,
+                 std::uint64_t& hash, memory_layer::hit& hit);
+  std::shared_ptr<const void> get_slow(std::string_view key, std::uint64_t hash,
+                                       const detail::type_ops& ops, fetch_fn fetch,
+                                       const get_options& options);
+  std::shared_ptr<const void> get_if_present_erased(std::string_view key,
+                                                    const detail::type_ops& ops);
+  status set_erased(std::string_view key, const detail::type_ops& ops,
+                    std::shared_ptr<const void> value, const set_options& options);
+  std::vector<std::shared_ptr<const void>> get_many_erased(std::span<const std::string> keys,
+                                                           const detail::type_ops& ops,
+                                                           batch_fetch_fn fetch,
+                                                           const get_options& options);
+  status set_many_erased(
+      std::span<const std::pair<std::string_view, std::shared_ptr<const void>>> entries,
+      const detail::type_ops& ops, const set_options& options);
+
+  std::unique_ptr<impl> impl_;
+  memory_layer* l1_ = nullptr;  // impl_->layers[0] when it is a memory layer
+};
+
+}  // namespace layercache

@@ -1,0 +1,41 @@
+// events.hpp — the event callback: things an operator wants to know about as they happen.
+//
+//   stack_options opts{.on_event = [](const layercache::event& e) {
+//     if (e.type == layercache::event_type::layer_error) log_warn("{}", e.detail.message());
+//   }};
+//
+// Which thread calls it: the thread on which the event happened — a caller of get/set, or one of the
+// library's background threads. No library lock is held during the call, so the callback may call
+// back into the cache; it must be quick (it delays the operation that raised it) and must not throw
+// (an exception is caught and dropped). The string_views are valid only during the call.
+//
+// Thread-safety: the callback may be invoked from several threads at once.
+#pragma once
+
+#include <functional>
+#include <string_view>
+
+#include "layercache/status.hpp"
+
+namespace layercache {
+
+enum class event_type : unsigned char {
+  fetch_error,       // a fetcher threw; detail says what (the exception reached every waiter)
+  layer_error,       // a layer failed a read or write; the operation went on without it
+  corruption,        // a layer held bytes that failed to decode; the entry was removed
+  wait_timeout,      // a caller gave up waiting for another caller's fetch
+  stale_fill,        // a fetched value was not stored: an invalidation arrived during the fetch
+};
+
+std::string_view to_string(event_type type) noexcept;
+
+struct event {
+  event_type type;
+  std::string_view layer;  // layer name, empty when not about one layer
+  std::string_view key;
+  const status& detail;
+};
+
+using event_callback = std::function<void(const event&)>;
+
+}  // namespace layercache

@@ -1,0 +1,14 @@
+// layercache.hpp — umbrella header: everything a user of the memory layer needs. The Redis and disk
+// layers have their own headers (redis_layer.hpp, disk_layer.hpp) and libraries.
+#pragma once
+
+#include "layercache/cache_stack.hpp"
+#include "layercache/clock.hpp"
+#include "layercache/codec.hpp"
+#include "layercache/error.hpp"
+#include "layercache/events.hpp"
+#include "layercache/layer.hpp"
+#include "layercache/memory_layer.hpp"
+#include "layercache/metrics.hpp"
+#include "layercache/options.hpp"
+#include "layercache/status.hpp"

@@ -1,0 +1,62 @@
+// options.hpp — options of a cache_stack and of its calls.
+//
+// Plain aggregates filled with designated initialisers; per-call options override the stack's, and
+// each layer caps lifetimes with its own `ttl`. validate() runs at construction (stack) or at the
+// call (per-call options) and throws invalid_argument_error naming the field.
+//
+//   layercache::cache_stack cache(layers, {.ttl = 10min, .negative_ttl = 30s});
+//   cache.get<user>("user:1", fetch, {.ttl = 1min});
+//
+// Thread-safety: plain values.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "layercache/clock.hpp"
+#include "layercache/events.hpp"
+
+namespace layercache {
+
+struct stack_options {
+  // Lifetime of an entry when the call gives none. Must be > 0. Default 5 minutes.
+  std::chrono::milliseconds ttl = std::chrono::minutes(5);
+  // Lifetime of a cached "not found" (a fetcher returning an empty std::optional). Zero means
+  // "not found" is never cached: every get calls the fetcher again. Default 30 s.
+  std::chrono::milliseconds negative_ttl = std::chrono::seconds(30);
+  // Longest accepted key in bytes; longer keys throw invalid_argument_error. 1..65535, default 1 KiB.
+  std::size_t max_key_bytes = 1024;
+  // How long a caller waits for another caller's in-flight fetch of the same key before throwing
+  // wait_timeout_error. Zero means "as long as the fetch takes". Default zero.
+  std::chrono::milliseconds wait_deadline{0};
+  // Time source for expiry; null means default_clock().
+  std::shared_ptr<const ::layercache::clock> clock;
+  // Called for errors and notable events (events.hpp). Empty means no callback.
+  event_callback on_event;
+
+  void validate() const;
+};
+
+struct get_options {
+  // Lifetime of a fetched value; unset means stack_options::ttl. Must be > 0 when set.
+  std::optional<std::chrono::milliseconds> ttl;
+  // Lifetime of a fetched "not found"; unset means stack_options::negative_ttl. Zero: not cached.
+  std::optional<std::chrono::milliseconds> negative_ttl;
+  // Bound on waiting for another caller's fetch; unset means stack_options::wait_deadline.
+  std::optional<std::chrono::milliseconds> wait_deadline;
+
+  void validate() const;
+};
+
+struct set_options {
+  // Lifetime of the value; unset means stack_options::ttl. Must be > 0 when set.
+  std::optional<std::chrono::milliseconds> ttl;
+
+  void validate() const;
+};
+
+}  // namespace layercache

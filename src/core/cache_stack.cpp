@@ -1,0 +1,741 @@
+// cache_stack.cpp — the type-erased core of cache_stack.
+//
+// Concurrency: no lock of this file is held across a fetcher call or a layer call, except the
+// single-flight shard lock around the final L1 insert (publish), which takes the memory shard lock
+// inside it (order: flight shard → memory shard, never the reverse).
+// Invalidation: del/set/clear mark an in-flight fetch stale before touching the layers. A leader
+// writes byte layers first, then publishes to L1 under the flight lock; if the flight was marked
+// stale meanwhile it stores nothing in L1 and deletes what it wrote to byte layers (a compensating
+// delete: the worst outcome of a race is a miss, never an old value outliving the invalidation).
+// Invariants: every flight a leader registers is completed exactly once, on every path, including
+// exceptions (lead() owns that).
+#include "layercache/cache_stack.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <unordered_map>
+
+#include "core/histogram.hpp"
+#include "core/single_flight.hpp"
+#include "layercache/detail/envelope.hpp"
+#include "layercache/detail/hash.hpp"
+
+namespace layercache {
+
+namespace {
+
+using detail::flight;
+using steady = std::chrono::steady_clock;
+
+struct byte_layer_stats {
+  std::atomic<std::uint64_t> hits{0}, misses{0}, errors{0}, writes{0}, expirations{0};
+  detail::latency_histogram latency;
+};
+
+std::uint64_t elapsed_ns(steady::time_point start) {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now() - start).count());
+}
+
+detail::compression_policy policy_for(const layer_info& info) {
+  detail::compression_policy p;
+  switch (info.compress) {
+    case compression::none: p.algorithm = detail::compression_id::none; break;
+    case compression::zstd: p.algorithm = detail::compression_id::zstd; break;
+    case compression::lz4: p.algorithm = detail::compression_id::lz4; break;
+  }
+  p.min_bytes = info.compress_min_bytes;
+  return p;
+}
+
+// An entry found in a byte layer.
+struct found_entry {
+  std::shared_ptr<const void> value;
+  bool negative = false;
+  unix_ms fresh_until_ms = 0;
+  std::string bytes;  // the envelope as stored, reused for backfill
+};
+
+[[noreturn]] void throw_type_mismatch(std::string_view key, const char* held, const char* wanted) {
+  throw type_mismatch_error("layercache: key '" + std::string(key) + "' holds a value of type " +
+                            held + ", read as " + wanted);
+}
+
+}  // namespace
+
+struct cache_stack::impl {
+  std::vector<std::shared_ptr<layer>> layers;
+  std::vector<byte_layer*> bytes;  // byte layers, nearest first
+  std::vector<detail::compression_policy> compress;  // per byte layer
+  std::unique_ptr<byte_layer_stats[]> stats;         // per byte layer
+  memory_layer* l1 = nullptr;
+  stack_options options;
+  std::shared_ptr<const ::layercache::clock> clock;
+  detail::flight_table flights;
+
+  std::atomic<std::uint64_t> fetches{0}, fetch_errors{0}, dedupes{0}, wait_timeouts{0},
+      negative_hits{0}, stale_fills{0};
+  detail::latency_histogram fetch_latency;
+
+  void emit(event_type type, std::string_view layer, std::string_view key, const status& detail) {
+    if (!options.on_event) return;
+    try {
+      options.on_event(event{type, layer, key, detail});
+    } catch (...) {
+      // The callback must not throw (events.hpp); the operation that raised the event goes on.
+    }
+  }
+
+  void validate_key(std::string_view key) const {
+    if (key.empty()) throw invalid_argument_error("layercache: key must not be empty");
+    if (key.size() > options.max_key_bytes) {
+      throw invalid_argument_error("layercache: key of " + std::to_string(key.size()) +
+                                   " bytes exceeds max_key_bytes (" +
+                                   std::to_string(options.max_key_bytes) + ")");
+    }
+  }
+
+  unix_ms expiry_in(const layer_info& info, unix_ms fresh_until, unix_ms now) const {
+    if (info.max_ttl.count() > 0) return std::min(fresh_until, now + info.max_ttl.count());
+    return fresh_until;
+  }
+
+  // Reads `key` from byte layer i. Returns the entry when live and decodable; anything else is a
+  // miss (counted and reported). Throws type_mismatch_error when the entry holds another type.
+  std::optional<found_entry> take(std::size_t i, std::string_view key, byte_read&& r,
+                                  const detail::type_ops& ops, unix_ms now) {
+    byte_layer_stats& st = stats[i];
+    const std::string& name = bytes[i]->info().name;
+    if (!r.error.ok()) {
+      st.errors.fetch_add(1, std::memory_order_relaxed);
+      st.misses.fetch_add(1, std::memory_order_relaxed);
+      emit(event_type::layer_error, name, key, r.error);
+      return std::nullopt;
+    }
+    if (!r.bytes) {
+      st.misses.fetch_add(1, std::memory_order_relaxed);
+      return std::nullopt;
+    }
+    detail::decoded_envelope env;
+    status decoded = detail::decode_envelope(*r.bytes, env);
+    if (decoded.ok() && env.header.codec != ops.codec && !env.header.negative) {
+      decoded = status(errc::corruption, "envelope codec does not match the codec of the type");
+    }
+    std::shared_ptr<const void> value;
+    if (decoded.ok() && env.header.fresh_until_ms <= now) {
+      st.expirations.fetch_add(1, std::memory_order_relaxed);
+      st.misses.fetch_add(1, std::memory_order_relaxed);
+      return std::nullopt;
+    }
+    if (decoded.ok() && env.header.type_fingerprint != 0 &&
+        env.header.type_fingerprint != ops.fingerprint) {
+      throw type_mismatch_error("layercache: key '" + std::string(key) + "' in layer " + name +
+                                " holds a value of another type than " + ops.name);
+    }
+    if (decoded.ok() && !env.header.negative) {
+      try {
+        value = ops.decode(env.payload);
+      } catch (const std::exception& e) {
+        decoded = status(errc::corruption, std::string("payload does not decode: ") + e.what());
+      } catch (...) {
+        decoded = status(errc::corruption, "payload does not decode");
+      }
+    }
+    if (!decoded.ok()) {
+      st.errors.fetch_add(1, std::memory_order_relaxed);
+      st.misses.fetch_add(1, std::memory_order_relaxed);
+      emit(event_type::corruption, name, key, status::layer_error(name, decoded.code(),
+                                                                  decoded.message()));
+      // Corrupt bytes would fail the same way for every reader: remove them.
+      (void)bytes[i]->del(key);
+      return std::nullopt;
+    }
+    st.hits.fetch_add(1, std::memory_order_relaxed);
+    return found_entry{std::move(value), env.header.negative, env.header.fresh_until_ms,
+                       std::move(*r.bytes)};
+  }
+
+  std::optional<found_entry> read(std::size_t i, std::string_view key,
+                                  const detail::type_ops& ops) {
+    const auto start = steady::now();
+    byte_read r = bytes[i]->get(key);
+    stats[i].latency.record(elapsed_ns(start));
+    return take(i, key, std::move(r), ops, clock->now_ms());
+  }
+
+  // Writes an entry to byte layers [0, upto) and, unless the flight was invalidated meanwhile, to
+  // L1. `envelopes` holds the encoded bytes per byte layer (empty string: encode lazily).
+  void store(flight* f, std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
+             const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until,
+             std::size_t upto, const std::string* stored_bytes, unix_ms now) {
+    std::vector<std::string> encoded;  // one per distinct compression policy, built on demand
+    for (std::size_t j = 0; j < upto; ++j) {
+      std::string_view payload_bytes;
+      if (stored_bytes != nullptr) {
+        payload_bytes = *stored_bytes;
+      } else {
+        if (encoded.empty()) encoded.resize(bytes.size());
+        if (encoded[j].empty()) {
+          encoded[j] = encode(ops, value, negative, fresh_until, now, compress[j]);
+          for (std::size_t k = j + 1; k < upto; ++k) {
+            if (compress[k].algorithm == compress[j].algorithm &&
+                compress[k].min_bytes == compress[j].min_bytes) {
+              encoded[k] = encoded[j];
+            }
+          }
+        }
+        payload_bytes = encoded[j];
+      }
+      (void)write_one(j, key, payload_bytes, expiry_in(bytes[j]->info(), fresh_until, now));
+    }
+    auto insert_l1 = [&] {
+      if (l1 != nullptr) {
+        l1->insert(key, hash, value, &ops, negative, fresh_until,
+                   value ? ops.weigh(value.get()) : 0);
+      }
+    };
+    if (f == nullptr) {
+      insert_l1();
+      return;
+    }
+    if (!flights.publish(*f, insert_l1)) {
+      stale_fills.fetch_add(1, std::memory_order_relaxed);
+      emit(event_type::stale_fill, "", key,
+           status(errc::ok, "fetched value not stored: invalidated during the fetch"));
+      for (std::size_t j = 0; j < upto; ++j) (void)bytes[j]->del(key);
+    }
+  }
+
+  std::string encode(const detail::type_ops& ops, const std::shared_ptr<const void>& value,
+                     bool negative, unix_ms fresh_until, unix_ms now,
+                     const detail::compression_policy& policy) const {
+    detail::envelope_header h;
+    h.fresh_until_ms = fresh_until;
+    h.stale_until_ms = fresh_until;
+    h.error_until_ms = fresh_until;
+    h.created_ms = now;
+    h.type_fingerprint = ops.fingerprint;
+    h.codec = ops.codec;
+    h.negative = negative;
+    std::string payload;
+    if (!negative) ops.encode(value.get(), payload);
+    return detail::encode_envelope(h, {}, payload, policy);
+  }
+
+  status write_one(std::size_t j, std::string_view key, std::string_view envelope,
+                   unix_ms expires) {
+    status s = bytes[j]->set(key, envelope, expires);
+    stats[j].writes.fetch_add(1, std::memory_order_relaxed);
+    if (!s.ok()) {
+      stats[j].errors.fetch_add(1, std::memory_order_relaxed);
+      emit(event_type::layer_error, bytes[j]->info().name, key, s);
+    }
+    return s;
+  }
+
+  std::shared_ptr<const void> wait(flight& f, std::chrono::milliseconds deadline,
+                                   bool& absent) {
+    std::unique_lock lock(f.mu);
+    if (deadline.count() > 0) {
+      if (!f.cv.wait_for(lock, deadline, [&] { return f.done; })) {
+        lock.unlock();
+        wait_timeouts.fetch_add(1, std::memory_order_relaxed);
+        status s(errc::timeout, "waited " + std::to_string(deadline.count()) +
+                                    " ms for another caller's fetch");
+        emit(event_type::wait_timeout, "", f.key, s);
+        throw wait_timeout_error("layercache: waited " + std::to_string(deadline.count()) +
+                                 " ms for another caller's fetch of '" + f.key + "'");
+      }
+    } else {
+      f.cv.wait(lock, [&] { return f.done; });
+    }
+    if (f.error) std::rethrow_exception(f.error);
+    absent = f.absent;
+    return f.value;
+  }
+
+  std::chrono::milliseconds wait_deadline(const get_options& o) const {
+    return o.wait_deadline ? *o.wait_deadline : options.wait_deadline;
+  }
+};
+
+cache_stack::cache_stack(std::vector<std::shared_ptr<layer>> layers, stack_options options)
+    : impl_(std::make_unique<impl>()) {
+  options.validate();
+  if (layers.empty()) throw invalid_argument_error("cache_stack: at least one layer is required");
+  impl& m = *impl_;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    if (!layers[i]) throw invalid_argument_error("cache_stack: layer " + std::to_string(i) + " is null");
+    const layer_info& info = layers[i]->info();
+    if (info.kind == layer_kind::objects) {
+      auto* mem = dynamic_cast<memory_layer*>(layers[i].get());
+      if (i != 0 || mem == nullptr) {
+        throw invalid_argument_error("cache_stack: a memory layer may only be the first layer");
+      }
+      m.l1 = mem;
+    } else {
+      auto* b = dynamic_cast<byte_layer*>(layers[i].get());
+      if (b == nullptr) {
+        throw invalid_argument_error("cache_stack: layer '" + info.name +
+                                     "' says it stores bytes but is not a byte_layer");
+      }
+      m.bytes.push_back(b);
+      m.compress.push_back(policy_for(info));
+    }
+  }
+  m.stats = std::make_unique<byte_layer_stats[]>(m.bytes.size());
+  m.layers = std::move(layers);
+  m.options = std::move(options);
+  m.clock = m.options.clock ? m.options.clock : default_clock();
+  l1_ = m.l1;
+}
+
+cache_stack::~cache_stack() = default;
+
+const std::vector<std::shared_ptr<layer>>& cache_stack::layers() const noexcept {
+  return impl_->layers;
+}
+const stack_options& cache_stack::options() const noexcept { return impl_->options; }
+
+bool cache_stack::l1_lookup(std::string_view key, const detail::type_ops& ops,
+                            const get_options& options, std::uint64_t& hash,
+                            memory_layer::hit& hit) {
+  impl_->validate_key(key);
+  options.validate();
+  hash = detail::hash_key(key);
+  if (l1_ == nullptr || !l1_->find(key, hash, hit)) return false;
+  if (!detail::same_type(hit.ops, &ops)) throw_type_mismatch(key, hit.ops->name, ops.name);
+  if (hit.negative) impl_->negative_hits.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+std::shared_ptr<const void> cache_stack::get_slow(std::string_view key, std::uint64_t hash,
+                                                  const detail::type_ops& ops, fetch_fn fetch,
+                                                  const get_options& options) {
+  impl& m = *impl_;
+  for (;;) {
+    auto [f, leader] = m.flights.join(key, hash, &ops);
+    if (!leader) {
+      if (f->leader == std::this_thread::get_id()) {
+        throw invalid_argument_error("layercache: the fetcher for '" + std::string(key) +
+                                     "' called get for the same key (it would wait for itself)");
+      }
+      if (!detail::same_type(f->ops, &ops)) throw_type_mismatch(key, f->ops->name, ops.name);
+      m.dedupes.fetch_add(1, std::memory_order_relaxed);
+      bool absent = false;
+      auto value = m.wait(*f, m.wait_deadline(options), absent);
+      if (!absent) return value;
+      continue;  // the leader only looked; fetch ourselves
+    }
+
+    flight& fl = *f;
+    try {
+      // The value may have landed between our L1 miss and join(): look again before fetching, or
+      // a caller descheduled in that window would fetch a second time.
+      memory_layer::hit hit;
+      if (l1_ != nullptr && l1_->find(key, hash, hit, /*record=*/false)) {
+        if (!detail::same_type(hit.ops, &ops)) throw_type_mismatch(key, hit.ops->name, ops.name);
+        m.flights.abandon(fl);
+        detail::flight_table::complete(fl, hit.value, hit.negative, nullptr);
+        return hit.value;
+      }
+      for (std::size_t i = 0; i < m.bytes.size(); ++i) {
+        if (auto e = m.read(i, key, ops)) {
+          m.store(&fl, key, hash, ops, e->value, e->negative, e->fresh_until_ms, i, &e->bytes,
+                  m.clock->now_ms());
+          detail::flight_table::complete(fl, e->value, e->negative, nullptr);
+          return e->value;
+        }
+      }
+      const auto start = steady::now();
+      m.fetches.fetch_add(1, std::memory_order_relaxed);
+      detail::fetch_result r;
+      try {
+        r = fetch();
+      } catch (const std::exception& e) {
+        m.fetch_errors.fetch_add(1, std::memory_order_relaxed);
+        m.emit(event_type::fetch_error, "", key, status(errc::internal, e.what()));
+        throw;
+      } catch (...) {
+        m.fetch_errors.fetch_add(1, std::memory_order_relaxed);
+        m.emit(event_type::fetch_error, "", key, status(errc::internal, "non-standard exception"));
+        throw;
+      }
+      m.fetch_latency.record(elapsed_ns(start));
+      const unix_ms now = m.clock->now_ms();
+      const auto ttl = r.negative ? options.negative_ttl.value_or(m.options.negative_ttl)
+                                  : options.ttl.value_or(m.options.ttl);
+      if (ttl.count() > 0) {
+        m.store(&fl, key, hash, ops, r.value, r.negative, now + ttl.count(), m.bytes.size(),
+                nullptr, now);
+      } else {
+        m.flights.abandon(fl);
+      }
+      detail::flight_table::complete(fl, r.value, r.negative, nullptr);
+      return r.value;
+    } catch (...) {
+      m.flights.abandon(fl);
+      detail::flight_table::complete(fl, nullptr, false, std::current_exception());
+      throw;
+    }
+  }
+}
+
+std::shared_ptr<const void> cache_stack::get_if_present_erased(std::string_view key,
+                                                               const detail::type_ops& ops) {
+  impl& m = *impl_;
+  std::uint64_t hash = 0;
+  memory_layer::hit hit;
+  if (l1_lookup(key, ops, {}, hash, hit)) return hit.value;
+  if (m.bytes.empty()) return nullptr;
+  // Lower layers are read under a flight so a concurrent del cannot be undone by our backfill.
+  auto [f, leader] = m.flights.join(key, hash, &ops);
+  if (!leader) {
+    if (!detail::same_type(f->ops, &ops)) throw_type_mismatch(key, f->ops->name, ops.name);
+    bool absent = false;
+    return m.wait(*f, m.wait_deadline({}), absent);
+  }
+  flight& fl = *f;
+  try {
+    for (std::size_t i = 0; i < m.bytes.size(); ++i) {
+      if (auto e = m.read(i, key, ops)) {
+        m.store(&fl, key, hash, ops, e->value, e->negative, e->fresh_until_ms, i, &e->bytes,
+                m.clock->now_ms());
+        detail::flight_table::complete(fl, e->value, e->negative, nullptr);
+        return e->value;
+      }
+    }
+    m.flights.abandon(fl);
+    detail::flight_table::complete(fl, nullptr, false, nullptr, /*absent=*/true);
+    return nullptr;
+  } catch (...) {
+    m.flights.abandon(fl);
+    detail::flight_table::complete(fl, nullptr, false, std::current_exception());
+    throw;
+  }
+}
+
+status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops,
+                               std::shared_ptr<const void> value, const set_options& options) {
+  impl& m = *impl_;
+  m.validate_key(key);
+  options.validate();
+  const std::uint64_t hash = detail::hash_key(key);
+  m.flights.invalidate(key, hash);
+  const unix_ms now = m.clock->now_ms();
+  const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
+  status result;
+  if (m.l1 != nullptr) {
+    m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+  }
+  std::string encoded;
+  const detail::compression_policy* encoded_with = nullptr;
+  for (std::size_t j = 0; j < m.bytes.size(); ++j) {
+    if (encoded_with == nullptr || encoded_with->algorithm != m.compress[j].algorithm ||
+        encoded_with->min_bytes != m.compress[j].min_bytes) {
+      encoded = m.encode(ops, value, false, fresh_until, now, m.compress[j]);
+      encoded_with = &m.compress[j];
+    }
+    result.update(m.write_one(j, key, encoded, m.expiry_in(m.bytes[j]->info(), fresh_until, now)));
+  }
+  return result;
+}
+
+status cache_stack::set_many_erased(
+    std::span<const std::pair<std::string_view, std::shared_ptr<const void>>> entries,
+    const detail::type_ops& ops, const set_options& options) {
+  impl& m = *impl_;
+  options.validate();
+  for (const auto& [key, value] : entries) m.validate_key(key);
+  const unix_ms now = m.clock->now_ms();
+  const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
+  for (const auto& [key, value] : entries) {
+    const std::uint64_t hash = detail::hash_key(key);
+    m.flights.invalidate(key, hash);
+    if (m.l1 != nullptr) {
+      m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+    }
+  }
+  status result;
+  for (std::size_t j = 0; j < m.bytes.size(); ++j) {
+    std::vector<std::string> encoded;
+    encoded.reserve(entries.size());
+    std::vector<byte_write> writes;
+    writes.reserve(entries.size());
+    const unix_ms expires = m.expiry_in(m.bytes[j]->info(), fresh_until, now);
+    for (const auto& [key, value] : entries) {
+      encoded.push_back(m.encode(ops, value, false, fresh_until, now, m.compress[j]));
+      writes.push_back(byte_write{key, encoded.back(), expires});
+    }
+    status s = m.bytes[j]->set_many(writes);
+    m.stats[j].writes.fetch_add(entries.size(), std::memory_order_relaxed);
+    if (!s.ok()) {
+      m.stats[j].errors.fetch_add(1, std::memory_order_relaxed);
+      m.emit(event_type::layer_error, m.bytes[j]->info().name, "", s);
+    }
+    result.update(s);
+  }
+  return result;
+}
+
+status cache_stack::del(std::string_view key) {
+  impl& m = *impl_;
+  m.validate_key(key);
+  const std::uint64_t hash = detail::hash_key(key);
+  m.flights.invalidate(key, hash);
+  if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
+  status result;
+  for (auto* b : m.bytes) result.update(b->del(key));
+  return result;
+}
+
+status cache_stack::del_many(std::span<const std::string> keys) {
+  impl& m = *impl_;
+  for (const auto& key : keys) m.validate_key(key);
+  for (const auto& key : keys) {
+    const std::uint64_t hash = detail::hash_key(key);
+    m.flights.invalidate(key, hash);
+    if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
+  }
+  status result;
+  for (auto* b : m.bytes) result.update(b->del_many(keys));
+  return result;
+}
+
+bool cache_stack::has(std::string_view key) {
+  impl& m = *impl_;
+  m.validate_key(key);
+  const std::uint64_t hash = detail::hash_key(key);
+  if (m.l1 != nullptr && m.l1->contains(key, hash)) return true;
+  const unix_ms now = m.clock->now_ms();
+  for (auto* b : m.bytes) {
+    byte_read r = b->get(key);
+    detail::envelope_header h;
+    if (r.error.ok() && r.bytes && detail::peek_envelope_header(*r.bytes, h).ok() &&
+        h.fresh_until_ms > now) {
+      return true;
+    }
+  }
+  return false;
+}
+
+status cache_stack::clear() {
+  impl& m = *impl_;
+  m.flights.invalidate_all();
+  status result;
+  for (auto& l : m.layers) result.update(l->clear());
+  return result;
+}
+
+std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
+    std::span<const std::string> keys, const detail::type_ops& ops, batch_fetch_fn fetch,
+    const get_options& options) {
+  impl& m = *impl_;
+  options.validate();
+  for (const auto& key : keys) m.validate_key(key);
+  std::vector<std::shared_ptr<const void>> results(keys.size());
+
+  // Unique keys, each with the positions it fills.
+  std::unordered_map<std::string_view, std::vector<std::size_t>> positions;
+  std::vector<std::string_view> unique;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    auto [it, inserted] = positions.try_emplace(keys[i]);
+    if (inserted) unique.push_back(keys[i]);
+    it->second.push_back(i);
+  }
+  auto fill = [&](std::string_view key, const std::shared_ptr<const void>& v) {
+    for (std::size_t p : positions[key]) results[p] = v;
+  };
+
+  struct pending {
+    std::string_view key;
+    std::uint64_t hash;
+    std::shared_ptr<flight> f;
+    bool done = false;
+  };
+  std::vector<pending> led, awaited;
+  for (std::string_view key : unique) {
+    const std::uint64_t hash = detail::hash_key(key);
+    memory_layer::hit hit;
+    if (m.l1 != nullptr && m.l1->find(key, hash, hit)) {
+      if (!detail::same_type(hit.ops, &ops)) throw_type_mismatch(key, hit.ops->name, ops.name);
+      if (hit.negative) m.negative_hits.fetch_add(1, std::memory_order_relaxed);
+      fill(key, hit.value);
+      continue;
+    }
+    auto [f, leader] = m.flights.join(key, hash, &ops);
+    if (!leader && f->leader == std::this_thread::get_id()) {
+      // Only possible from inside a fetcher of this thread: waiting would deadlock.
+      for (auto& p : led) {
+        m.flights.abandon(*p.f);
+        detail::flight_table::complete(*p.f, nullptr, false,
+                                       std::make_exception_ptr(invalid_argument_error(
+                                           "layercache: re-entrant get_many")));
+      }
+      throw invalid_argument_error("layercache: the fetcher for '" + std::string(key) +
+                                   "' called get_many for the same key");
+    }
+    (leader ? led : awaited).push_back(pending{key, hash, std::move(f)});
+  }
+
+  // Lead our keys to completion before waiting on anyone else's, so two get_many calls that lead
+  // keys the other awaits cannot deadlock.
+  if (!led.empty()) {
+    try {
+      std::size_t remaining = led.size();
+      for (auto& p : led) {
+        memory_layer::hit hit;
+        if (m.l1 != nullptr && m.l1->find(p.key, p.hash, hit, false)) {
+          if (!detail::same_type(hit.ops, &ops)) {
+            throw_type_mismatch(p.key, hit.ops->name, ops.name);
+          }
+          m.flights.abandon(*p.f);
+          detail::flight_table::complete(*p.f, hit.value, hit.negative, nullptr);
+          fill(p.key, hit.value);
+          p.done = true;
+          --remaining;
+        }
+      }
+      for (std::size_t i = 0; i < m.bytes.size() && remaining > 0; ++i) {
+        std::vector<std::string> ask;
+        std::vector<pending*> asked;
+        for (auto& p : led) {
+          if (!p.done) {
+            ask.emplace_back(p.key);
+            asked.push_back(&p);
+          }
+        }
+        const auto t0 = steady::now();
+        std::vector<byte_read> reads = m.bytes[i]->get_many(ask);
+        m.stats[i].latency.record(elapsed_ns(t0));
+        const unix_ms now = m.clock->now_ms();
+        for (std::size_t k = 0; k < asked.size(); ++k) {
+          byte_read r = k < reads.size() ? std::move(reads[k])
+                                         : byte_read{status(errc::internal, "short get_many"), {}};
+          if (auto e = m.take(i, asked[k]->key, std::move(r), ops, now)) {
+            pending& p = *asked[k];
+            m.store(p.f.get(), p.key, p.hash, ops, e->value, e->negative, e->fresh_until_ms, i,
+                    &e->bytes, now);
+            detail::flight_table::complete(*p.f, e->value, e->negative, nullptr);
+            fill(p.key, e->value);
+            p.done = true;
+            --remaining;
+          }
+        }
+      }
+      if (remaining > 0) {
+        std::vector<std::string> missing;
+        std::vector<pending*> fetched;
+        for (auto& p : led) {
+          if (!p.done) {
+            missing.emplace_back(p.key);
+            fetched.push_back(&p);
+          }
+        }
+        const auto t0 = steady::now();
+        m.fetches.fetch_add(1, std::memory_order_relaxed);
+        std::vector<detail::fetch_result> produced;
+        try {
+          produced = fetch(missing);
+        } catch (const std::exception& e) {
+          m.fetch_errors.fetch_add(1, std::memory_order_relaxed);
+          m.emit(event_type::fetch_error, "", missing.front(), status(errc::internal, e.what()));
+          throw;
+        } catch (...) {
+          m.fetch_errors.fetch_add(1, std::memory_order_relaxed);
+          m.emit(event_type::fetch_error, "", missing.front(),
+                 status(errc::internal, "non-standard exception"));
+          throw;
+        }
+        m.fetch_latency.record(elapsed_ns(t0));
+        if (produced.size() != missing.size()) {
+          throw invalid_argument_error("layercache: get_many fetcher returned " +
+                                       std::to_string(produced.size()) + " results for " +
+                                       std::to_string(missing.size()) + " keys");
+        }
+        const unix_ms now = m.clock->now_ms();
+        for (std::size_t k = 0; k < fetched.size(); ++k) {
+          pending& p = *fetched[k];
+          detail::fetch_result& r = produced[k];
+          const auto ttl = r.negative ? options.negative_ttl.value_or(m.options.negative_ttl)
+                                      : options.ttl.value_or(m.options.ttl);
+          if (ttl.count() > 0) {
+            m.store(p.f.get(), p.key, p.hash, ops, r.value, r.negative, now + ttl.count(),
+                    m.bytes.size(), nullptr, now);
+          } else {
+            m.flights.abandon(*p.f);
+          }
+          detail::flight_table::complete(*p.f, r.value, r.negative, nullptr);
+          fill(p.key, r.value);
+          p.done = true;
+        }
+      }
+    } catch (...) {
+      auto error = std::current_exception();
+      for (auto& p : led) {
+        if (p.done) continue;
+        m.flights.abandon(*p.f);
+        detail::flight_table::complete(*p.f, nullptr, false, error);
+      }
+      throw;
+    }
+  }
+
+  for (auto& p : awaited) {
+    if (!detail::same_type(p.f->ops, &ops)) throw_type_mismatch(p.key, p.f->ops->name, ops.name);
+    m.dedupes.fetch_add(1, std::memory_order_relaxed);
+    bool absent = false;
+    auto value = m.wait(*p.f, m.wait_deadline(options), absent);
+    if (absent) {
+      // The leader only looked; fetch this key through the single-key path.
+      value = get_slow(
+          p.key, p.hash, ops,
+          [&]() -> detail::fetch_result {
+            std::string one(p.key);
+            auto produced = fetch(std::span<const std::string>(&one, 1));
+            if (produced.size() != 1) {
+              throw invalid_argument_error("layercache: get_many fetcher returned " +
+                                           std::to_string(produced.size()) +
+                                           " results for 1 key");
+            }
+            return std::move(produced.front());
+          },
+          options);
+    }
+    fill(p.key, value);
+  }
+  return results;
+}
+
+metrics_snapshot cache_stack::metrics() const {
+  const impl& m = *impl_;
+  metrics_snapshot out;
+  std::size_t b = 0;
+  for (const auto& l : m.layers) {
+    if (l.get() == m.l1) {
+      out.layers.push_back(m.l1->metrics());
+      continue;
+    }
+    const byte_layer_stats& st = m.stats[b++];
+    layer_metrics lm;
+    lm.name = l->info().name;
+    lm.hits = st.hits.load(std::memory_order_relaxed);
+    lm.misses = st.misses.load(std::memory_order_relaxed);
+    lm.errors = st.errors.load(std::memory_order_relaxed);
+    lm.writes = st.writes.load(std::memory_order_relaxed);
+    lm.expirations = st.expirations.load(std::memory_order_relaxed);
+    lm.read_latency = st.latency.summary();
+    out.layers.push_back(std::move(lm));
+  }
+  out.fetches = m.fetches.load(std::memory_order_relaxed);
+  out.fetch_errors = m.fetch_errors.load(std::memory_order_relaxed);
+  out.dedupes = m.dedupes.load(std::memory_order_relaxed);
+  out.wait_timeouts = m.wait_timeouts.load(std::memory_order_relaxed);
+  out.negative_hits = m.negative_hits.load(std::memory_order_relaxed);
+  out.stale_fills = m.stale_fills.load(std::memory_order_relaxed);
+  out.fetch_latency = m.fetch_latency.summary();
+  return out;
+}
+
+}  // namespace layercache

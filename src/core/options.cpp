@@ -1,0 +1,45 @@
+#include "layercache/options.hpp"
+
+#include "layercache/error.hpp"
+
+namespace layercache {
+
+std::string_view to_string(event_type type) noexcept {
+  switch (type) {
+    case event_type::fetch_error: return "fetch_error";
+    case event_type::layer_error: return "layer_error";
+    case event_type::corruption: return "corruption";
+    case event_type::wait_timeout: return "wait_timeout";
+    case event_type::stale_fill: return "stale_fill";
+  }
+  return "unknown";
+}
+
+void stack_options::validate() const {
+  if (ttl.count() <= 0) throw invalid_argument_error("stack_options: ttl must be > 0");
+  if (negative_ttl.count() < 0) {
+    throw invalid_argument_error("stack_options: negative_ttl must be >= 0");
+  }
+  if (max_key_bytes == 0 || max_key_bytes > 65535) {
+    throw invalid_argument_error("stack_options: max_key_bytes must be in [1, 65535]");
+  }
+  if (wait_deadline.count() < 0) {
+    throw invalid_argument_error("stack_options: wait_deadline must be >= 0");
+  }
+}
+
+void get_options::validate() const {
+  if (ttl && ttl->count() <= 0) throw invalid_argument_error("get_options: ttl must be > 0");
+  if (negative_ttl && negative_ttl->count() < 0) {
+    throw invalid_argument_error("get_options: negative_ttl must be >= 0");
+  }
+  if (wait_deadline && wait_deadline->count() < 0) {
+    throw invalid_argument_error("get_options: wait_deadline must be >= 0");
+  }
+}
+
+void set_options::validate() const {
+  if (ttl && ttl->count() <= 0) throw invalid_argument_error("set_options: ttl must be > 0");
+}
+
+}  // namespace layercache

@@ -1,0 +1,57 @@
+#include "core/single_flight.hpp"
+
+namespace layercache::detail {
+
+flight_table::flight_table(std::size_t shards)
+    : shards_(std::make_unique<shard[]>(shards)), count_(shards) {}
+
+flight_table::joined flight_table::join(std::string_view key, std::uint64_t hash,
+                                        const type_ops* ops) {
+  shard& s = shard_for(hash);
+  std::lock_guard lock(s.mu);
+  if (auto it = s.map.find(key); it != s.map.end()) return {it->second, false};
+  auto f = std::make_shared<flight>();
+  f->key.assign(key);
+  f->hash = hash;
+  f->ops = ops;
+  f->leader = std::this_thread::get_id();
+  s.map.emplace(f->key, f);
+  return {std::move(f), true};
+}
+
+bool flight_table::invalidate(std::string_view key, std::uint64_t hash) {
+  shard& s = shard_for(hash);
+  std::lock_guard lock(s.mu);
+  auto it = s.map.find(key);
+  if (it == s.map.end()) return false;
+  it->second->invalidated = true;
+  return true;
+}
+
+void flight_table::invalidate_all() {
+  for (std::size_t i = 0; i < count_; ++i) {
+    std::lock_guard lock(shards_[i].mu);
+    for (auto& [key, f] : shards_[i].map) f->invalidated = true;
+  }
+}
+
+void flight_table::abandon(flight& f) {
+  shard& s = shard_for(f.hash);
+  std::lock_guard lock(s.mu);
+  erase_if_current(s, f);
+}
+
+void flight_table::complete(flight& f, std::shared_ptr<const void> value, bool negative,
+                            std::exception_ptr error, bool absent) {
+  {
+    std::lock_guard lock(f.mu);
+    f.absent = absent;
+    f.value = std::move(value);
+    f.negative = negative;
+    f.error = std::move(error);
+    f.done = true;
+  }
+  f.cv.notify_all();
+}
+
+}  // namespace layercache::detail

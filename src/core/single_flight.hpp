@@ -1,0 +1,98 @@
+// single_flight.hpp — one fetch per key at a time within a process.
+//
+// Concurrency: the table is sharded by key hash; a shard's mutex guards its map and the
+// `invalidated` flags of its flights. A flight's own mutex guards its result. The leader (the caller
+// that created the flight) fetches without holding any lock; followers block on the flight's
+// condition variable, optionally with a deadline.
+// Invalidation: invalidate()/invalidate_all() set `invalidated` under the shard lock. The leader
+// stores its result through publish(), which re-checks the flag and runs the store callback under the
+// same lock, then unregisters the flight — so an invalidation is ordered either before publish (the
+// value is not stored) or after it (the invalidation removes what was stored).
+// Invariants: a flight is in the table from join() until publish()/abandon(); it is completed
+// (done = true) exactly once, after it left the table.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+
+#include "layercache/detail/type_ops.hpp"
+
+namespace layercache::detail {
+
+struct flight {
+  std::string key;
+  std::uint64_t hash = 0;
+  const type_ops* ops = nullptr;
+  std::thread::id leader;
+  bool invalidated = false;  // guarded by the table shard's mutex
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;  // guarded by mu
+  std::shared_ptr<const void> value;
+  bool negative = false;
+  // The leader only looked (get_if_present) and found nothing: followers that can fetch must
+  // try again instead of taking "absent" as "not found".
+  bool absent = false;
+  std::exception_ptr error;
+};
+
+class flight_table {
+ public:
+  struct joined {
+    std::shared_ptr<flight> f;
+    bool leader = false;
+  };
+
+  explicit flight_table(std::size_t shards = 64);
+
+  // Returns the in-flight fetch of `key`, or registers a new one led by the caller.
+  joined join(std::string_view key, std::uint64_t hash, const type_ops* ops);
+
+  // Marks an in-flight fetch of `key` stale. Returns whether there was one.
+  bool invalidate(std::string_view key, std::uint64_t hash);
+  void invalidate_all();
+
+  // Unregisters `f`; if it was not invalidated, runs store() first, under the shard lock.
+  // Returns whether store() ran.
+  template <class Store>
+  bool publish(flight& f, Store&& store) {
+    shard& s = shard_for(f.hash);
+    std::lock_guard lock(s.mu);
+    const bool fresh = !f.invalidated;
+    if (fresh) store();
+    erase_if_current(s, f);
+    return fresh;
+  }
+
+  // Unregisters `f` without storing (fetch failed).
+  void abandon(flight& f);
+
+  // Completes `f` and wakes its waiters.
+  static void complete(flight& f, std::shared_ptr<const void> value, bool negative,
+                       std::exception_ptr error, bool absent = false);
+
+ private:
+  struct shard {
+    std::mutex mu;
+    std::unordered_map<std::string_view, std::shared_ptr<flight>> map;
+  };
+  shard& shard_for(std::uint64_t hash) noexcept { return shards_[hash % count_]; }
+  // A flight may already have been replaced by a newer one for the same key; never erase that.
+  static void erase_if_current(shard& s, const flight& f) {
+    auto it = s.map.find(f.key);
+    if (it != s.map.end() && it->second.get() == &f) s.map.erase(it);
+  }
+
+  std::unique_ptr<shard[]> shards_;
+  std::size_t count_;
+};
+
+}  // namespace layercache::detail

@@ -1,0 +1,34 @@
+// eviction_policy.hpp — the seam between a memory-layer shard and its replacement policy.
+//
+// A policy orders the entries of one shard and names the next victim. It is called with the shard
+// lock held and must not allocate on on_access (the L1 hit path). Policies: segmented LRU (default,
+// scan-resistant) and LRU (baseline). A W-TinyLFU policy (admission by a frequency sketch in front of
+// segmented LRU) fits the same interface: on_insert may then decline admission by returning false.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "layercache/memory_layer.hpp"
+#include "memory/entry_node.hpp"
+
+namespace layercache::detail {
+
+class eviction_policy {
+ public:
+  virtual ~eviction_policy() = default;
+  // A new entry joined the shard.
+  virtual void on_insert(entry_node* n) noexcept = 0;
+  // An entry was read (hit).
+  virtual void on_access(entry_node* n) noexcept = 0;
+  // An entry is leaving the shard (any cause); unlink it.
+  virtual void on_remove(entry_node* n) noexcept = 0;
+  // The entry to evict next, or null when empty. Does not unlink it.
+  virtual entry_node* victim() noexcept = 0;
+};
+
+// capacity: the shard's entry bound, used to size the protected segment.
+std::unique_ptr<eviction_policy> make_policy(eviction kind, std::size_t capacity,
+                                             double protected_ratio);
+
+}  // namespace layercache::detail

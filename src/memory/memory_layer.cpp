@@ -1,0 +1,366 @@
+// memory_layer.cpp — sharded L1.
+//
+// Concurrency: the table is split into shards by the high bits of the key hash; each shard has a
+// mutex guarding its hash chains, policy lists and counters. Counters live inside the shard (updated
+// under its lock) rather than in shared atomics, so two threads hitting different shards touch no
+// common cache line. No lock is held while a node is freed or while on_remove runs.
+// Eviction: after each insert the shard evicts policy victims while it is over max_entries or
+// max_bytes (both divided evenly across shards).
+// Invariants: every node in a shard's chains is in its policy's lists and counted in count/bytes.
+#include "layercache/memory_layer.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <chrono>
+#include <mutex>
+#include <vector>
+
+#include "core/histogram.hpp"
+#include "layercache/detail/hash.hpp"
+#include "layercache/error.hpp"
+#include "memory/entry_node.hpp"
+#include "memory/eviction_policy.hpp"
+
+namespace layercache {
+
+std::string_view to_string(removal_cause cause) noexcept {
+  switch (cause) {
+    case removal_cause::expired: return "expired";
+    case removal_cause::evicted: return "evicted";
+    case removal_cause::invalidated: return "invalidated";
+    case removal_cause::replaced: return "replaced";
+  }
+  return "unknown";
+}
+
+void memory_layer_options::validate() const {
+  if (max_entries == 0) throw invalid_argument_error("memory_layer: max_entries must be > 0");
+  if (ttl.count() < 0) throw invalid_argument_error("memory_layer: ttl must be >= 0");
+  if (shards != 0 && (!std::has_single_bit(shards) || shards > 1024)) {
+    throw invalid_argument_error("memory_layer: shards must be 0 or a power of two <= 1024");
+  }
+  if (!(protected_ratio > 0.0 && protected_ratio < 1.0)) {
+    throw invalid_argument_error("memory_layer: protected_ratio must be in (0, 1)");
+  }
+  if (name.empty()) throw invalid_argument_error("memory_layer: name must not be empty");
+}
+
+namespace {
+
+using detail::entry_node;
+
+struct removed {
+  entry_node* node;
+  removal_cause cause;
+};
+
+// Removals collected under a shard lock, processed after it is released. Inline capacity covers
+// the common case (one replaced or expired entry, a few evictions) without allocating.
+class removal_list {
+ public:
+  void add(entry_node* n, removal_cause c) {
+    if (size_ < inline_.size()) {
+      inline_[size_++] = {n, c};
+    } else {
+      overflow_.push_back({n, c});
+    }
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    for (std::size_t i = 0; i < size_; ++i) f(inline_[i]);
+    for (const auto& r : overflow_) f(r);
+  }
+  bool empty() const noexcept { return size_ == 0; }
+
+ private:
+  std::array<removed, 8> inline_{};
+  std::size_t size_ = 0;
+  std::vector<removed> overflow_;
+};
+
+struct alignas(64) shard {
+  std::mutex mu;
+  std::vector<entry_node*> buckets;  // power-of-two size, chains via hash_next
+  std::unique_ptr<detail::eviction_policy> policy;
+  std::size_t max_entries = 0;
+  std::size_t max_bytes = 0;  // 0 = unbounded
+  std::size_t count = 0;
+  std::size_t bytes = 0;
+  std::uint64_t hits = 0, misses = 0, evictions = 0, expirations = 0, writes = 0;
+
+  entry_node** slot_of(std::string_view key, std::uint64_t hash) noexcept {
+    entry_node** p = &buckets[hash & (buckets.size() - 1)];
+    while (*p != nullptr) {
+      entry_node* n = *p;
+      if (n->hash == hash && n->key() == key) return p;
+      p = &n->hash_next;
+    }
+    return p;
+  }
+
+  void grow() {
+    std::vector<entry_node*> next(buckets.size() * 2, nullptr);
+    for (entry_node* head : buckets) {
+      while (head != nullptr) {
+        entry_node* following = head->hash_next;
+        entry_node*& b = next[head->hash & (next.size() - 1)];
+        head->hash_next = b;
+        b = head;
+        head = following;
+      }
+    }
+    buckets.swap(next);
+  }
+
+  // Unlinks the node at *slot from chain, policy and counters.
+  entry_node* unlink(entry_node** slot) noexcept {
+    entry_node* n = *slot;
+    *slot = n->hash_next;
+    n->hash_next = nullptr;
+    policy->on_remove(n);
+    --count;
+    bytes -= n->weight;
+    return n;
+  }
+
+  void evict_over_bounds(removal_list& out) {
+    while (count > max_entries || (max_bytes != 0 && bytes > max_bytes)) {
+      entry_node* v = policy->victim();
+      if (v == nullptr) break;
+      out.add(unlink(slot_of(v->key(), v->hash)), removal_cause::evicted);
+      ++evictions;
+    }
+  }
+};
+
+// Sampling keeps the cost of timing off most hits (two clock reads would double an L1 hit).
+constexpr std::uint32_t latency_sample_mask = 63;
+
+}  // namespace
+
+struct memory_layer::impl {
+  memory_layer_options options;
+  layer_info info;
+  std::shared_ptr<const ::layercache::clock> clock;
+  std::unique_ptr<shard[]> shards;
+  std::size_t shard_count = 0;
+  int shard_shift = 0;
+  detail::latency_histogram latency;
+
+  shard& shard_for(std::uint64_t hash) noexcept {
+    return shards[shard_count == 1 ? 0 : (hash >> shard_shift)];
+  }
+
+  void finish(const removal_list& list) {
+    if (list.empty()) return;
+    list.for_each([&](const removed& r) {
+      if (options.on_remove) {
+        try {
+          options.on_remove(r.node->key(), r.cause);
+        } catch (...) {
+          // on_remove must not throw; dropping the exception keeps the cache consistent.
+        }
+      }
+      entry_node::destroy(r.node);
+    });
+  }
+};
+
+std::shared_ptr<memory_layer> memory_layer::create(memory_layer_options options) {
+  options.validate();
+  return std::shared_ptr<memory_layer>(new memory_layer(std::move(options)));
+}
+
+memory_layer::memory_layer(memory_layer_options options) : impl_(std::make_unique<impl>()) {
+  impl& m = *impl_;
+  m.options = std::move(options);
+  m.info = layer_info{m.options.name, layer_kind::objects, m.options.ttl, false};
+  m.clock = m.options.clock ? m.options.clock : default_clock();
+  std::size_t n = m.options.shards;
+  if (n == 0) {
+    // Enough shards to spread two busy cores, few enough that each holds >= 64 entries so the
+    // per-shard bounds stay close to the global ones.
+    n = std::bit_floor(std::clamp<std::size_t>(m.options.max_entries / 64, 1, 64));
+  }
+  m.shard_count = n;
+  m.shard_shift = 64 - std::countr_zero(n);
+  m.shards = std::make_unique<shard[]>(n);
+  const std::size_t per_entries = std::max<std::size_t>(1, (m.options.max_entries + n - 1) / n);
+  const std::size_t per_bytes = m.options.max_bytes == 0 ? 0 : std::max<std::size_t>(1, m.options.max_bytes / n);
+  for (std::size_t i = 0; i < n; ++i) {
+    shard& s = m.shards[i];
+    s.max_entries = per_entries;
+    s.max_bytes = per_bytes;
+    s.buckets.assign(16, nullptr);
+    s.policy = detail::make_policy(m.options.policy, per_entries, m.options.protected_ratio);
+  }
+}
+
+memory_layer::~memory_layer() {
+  for (std::size_t i = 0; i < impl_->shard_count; ++i) {
+    for (entry_node* head : impl_->shards[i].buckets) {
+      while (head != nullptr) {
+        entry_node* following = head->hash_next;
+        entry_node::destroy(head);
+        head = following;
+      }
+    }
+  }
+}
+
+const layer_info& memory_layer::info() const noexcept { return impl_->info; }
+unix_ms memory_layer::now_ms() const noexcept { return impl_->clock->now_ms(); }
+std::chrono::milliseconds memory_layer::ttl_cap() const noexcept { return impl_->options.ttl; }
+
+bool memory_layer::find(std::string_view key, std::uint64_t hash, hit& out, bool record) {
+  static thread_local std::uint32_t sample_counter = 0;
+  const bool sampled = record && (++sample_counter & latency_sample_mask) == 0;
+  std::chrono::steady_clock::time_point start;
+  if (sampled) start = std::chrono::steady_clock::now();
+
+  impl& m = *impl_;
+  const unix_ms now = m.clock->now_ms();
+  shard& s = m.shard_for(hash);
+  removal_list expired;
+  bool found = false;
+  {
+    std::lock_guard lock(s.mu);
+    entry_node** slot = s.slot_of(key, hash);
+    entry_node* n = *slot;
+    if (n == nullptr) {
+      s.misses += record;
+    } else if (n->expires_at_ms != 0 && now >= n->expires_at_ms) {
+      expired.add(s.unlink(slot), removal_cause::expired);
+      ++s.expirations;
+      s.misses += record;
+    } else {
+      s.policy->on_access(n);
+      s.hits += record;
+      out.value = n->value;
+      out.ops = n->ops;
+      out.expires_at_ms = n->expires_at_ms;
+      out.negative = n->negative;
+      found = true;
+    }
+  }
+  m.finish(expired);
+  if (sampled) {
+    m.latency.record(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+            .count()));
+  }
+  return found;
+}
+
+void memory_layer::insert(std::string_view key, std::uint64_t hash,
+                          std::shared_ptr<const void> value, const detail::type_ops* ops,
+                          bool negative, unix_ms expires_at_ms, std::size_t weight) {
+  impl& m = *impl_;
+  if (m.options.ttl.count() > 0) {
+    const unix_ms cap = m.clock->now_ms() + m.options.ttl.count();
+    if (expires_at_ms == 0 || expires_at_ms > cap) expires_at_ms = cap;
+  }
+  entry_node* n = entry_node::make(key);
+  n->hash = hash;
+  n->value = std::move(value);
+  n->ops = ops;
+  n->negative = negative;
+  n->expires_at_ms = expires_at_ms;
+  const std::size_t charged = weight + key.size() + sizeof(entry_node);
+  n->weight = static_cast<std::uint32_t>(std::min<std::size_t>(charged, UINT32_MAX));
+
+  shard& s = m.shard_for(hash);
+  removal_list removals;
+  {
+    std::lock_guard lock(s.mu);
+    entry_node** slot = s.slot_of(key, hash);
+    if (*slot != nullptr) {
+      removals.add(s.unlink(slot), removal_cause::replaced);
+      slot = s.slot_of(key, hash);
+    }
+    *slot = n;
+    s.policy->on_insert(n);
+    ++s.count;
+    s.bytes += n->weight;
+    ++s.writes;
+    s.evict_over_bounds(removals);
+    if (s.count > s.buckets.size()) s.grow();
+  }
+  m.finish(removals);
+}
+
+bool memory_layer::erase(std::string_view key, std::uint64_t hash, removal_cause cause) {
+  impl& m = *impl_;
+  shard& s = m.shard_for(hash);
+  removal_list removals;
+  {
+    std::lock_guard lock(s.mu);
+    entry_node** slot = s.slot_of(key, hash);
+    if (*slot == nullptr) return false;
+    removals.add(s.unlink(slot), cause);
+  }
+  m.finish(removals);
+  return true;
+}
+
+bool memory_layer::contains(std::string_view key, std::uint64_t hash) const {
+  impl& m = *impl_;
+  const unix_ms now = m.clock->now_ms();
+  shard& s = m.shard_for(hash);
+  std::lock_guard lock(s.mu);
+  const entry_node* n = *s.slot_of(key, hash);
+  return n != nullptr && (n->expires_at_ms == 0 || now < n->expires_at_ms);
+}
+
+status memory_layer::del(std::string_view key) {
+  erase(key, detail::hash_key(key), removal_cause::invalidated);
+  return {};
+}
+
+status memory_layer::clear() {
+  impl& m = *impl_;
+  for (std::size_t i = 0; i < m.shard_count; ++i) {
+    shard& s = m.shards[i];
+    removal_list removals;
+    {
+      std::lock_guard lock(s.mu);
+      for (entry_node*& head : s.buckets) {
+        while (head != nullptr) {
+          entry_node** slot = &head;
+          removals.add(s.unlink(slot), removal_cause::invalidated);
+        }
+      }
+    }
+    m.finish(removals);
+  }
+  return {};
+}
+
+std::size_t memory_layer::size() const {
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < impl_->shard_count; ++i) {
+    std::lock_guard lock(impl_->shards[i].mu);
+    total += impl_->shards[i].count;
+  }
+  return total;
+}
+
+layer_metrics memory_layer::metrics() const {
+  layer_metrics out;
+  out.name = impl_->info.name;
+  for (std::size_t i = 0; i < impl_->shard_count; ++i) {
+    shard& s = impl_->shards[i];
+    std::lock_guard lock(s.mu);
+    out.hits += s.hits;
+    out.misses += s.misses;
+    out.writes += s.writes;
+    out.evictions += s.evictions;
+    out.expirations += s.expirations;
+    out.entries += s.count;
+    out.bytes += s.bytes;
+  }
+  out.read_latency = impl_->latency.summary();
+  return out;
+}
+
+}  // namespace layercache
