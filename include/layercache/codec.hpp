@@ -16,8 +16,8 @@
 // byte layer when one is added to the stack.
 //
 // `weigher<T>` says how many bytes a value holds, for memory_layer_options::max_bytes. The default
-// counts sizeof(T) plus the heap capacity of std::string and vectors of trivially copyable types;
-// specialise it for types with other heap data:
+// counts sizeof(T) plus the heap buffer of std::string and the element storage of containers with
+// capacity() (not heap data owned by the elements); specialise it for types with other heap data:
 //     template <> struct layercache::weigher<user> {
 //       static std::size_t weigh(const user& u) { return sizeof(user) + u.name.capacity(); }
 //     };
@@ -119,8 +119,8 @@ struct weigher {
     if constexpr (std::is_same_v<T, std::string>) {
       // Short strings live inside the object (SSO); only a heap buffer adds bytes.
       return sizeof(T) + (value.capacity() > 15 ? value.capacity() + 1 : 0);
-    } else if constexpr (requires { value.capacity(); typename T::value_type; } &&
-                         std::is_trivially_copyable_v<typename T::value_type>) {
+    } else if constexpr (requires { value.capacity(); typename T::value_type; }) {
+      // Element storage only: heap data owned by the elements needs a weigher specialisation.
       return sizeof(T) + value.capacity() * sizeof(typename T::value_type);
     } else {
       return sizeof(T);

@@ -71,9 +71,9 @@ struct memory_layer_options {
   // (0, 1). Default 0.8.
   double protected_ratio = 0.8;
   // Called after an entry is removed, with its key and cause. Must not throw. Empty means none.
-  std::function<void(std::string_view key, removal_cause cause)> on_remove;
+  std::function<void(std::string_view key, removal_cause cause)> on_remove{};
   // Time source; null means default_clock(). A cache_stack's clock does not override it.
-  std::shared_ptr<const ::layercache::clock> clock;
+  std::shared_ptr<const ::layercache::clock> clock{};
   // Name in metrics and status. Default "memory".
   std::string name = "memory";
 

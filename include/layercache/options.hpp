@@ -34,27 +34,27 @@ struct stack_options {
   // wait_timeout_error. Zero means "as long as the fetch takes". Default zero.
   std::chrono::milliseconds wait_deadline{0};
   // Time source for expiry; null means default_clock().
-  std::shared_ptr<const ::layercache::clock> clock;
+  std::shared_ptr<const ::layercache::clock> clock{};
   // Called for errors and notable events (events.hpp). Empty means no callback.
-  event_callback on_event;
+  event_callback on_event{};
 
   void validate() const;
 };
 
 struct get_options {
   // Lifetime of a fetched value; unset means stack_options::ttl. Must be > 0 when set.
-  std::optional<std::chrono::milliseconds> ttl;
+  std::optional<std::chrono::milliseconds> ttl{};
   // Lifetime of a fetched "not found"; unset means stack_options::negative_ttl. Zero: not cached.
-  std::optional<std::chrono::milliseconds> negative_ttl;
+  std::optional<std::chrono::milliseconds> negative_ttl{};
   // Bound on waiting for another caller's fetch; unset means stack_options::wait_deadline.
-  std::optional<std::chrono::milliseconds> wait_deadline;
+  std::optional<std::chrono::milliseconds> wait_deadline{};
 
   void validate() const;
 };
 
 struct set_options {
   // Lifetime of the value; unset means stack_options::ttl. Must be > 0 when set.
-  std::optional<std::chrono::milliseconds> ttl;
+  std::optional<std::chrono::milliseconds> ttl{};
 
   void validate() const;
 };

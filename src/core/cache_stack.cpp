@@ -7,6 +7,8 @@
 // writes byte layers first, then publishes to L1 under the flight lock; if the flight was marked
 // stale meanwhile it stores nothing in L1 and deletes what it wrote to byte layers (a compensating
 // delete: the worst outcome of a race is a miss, never an old value outliving the invalidation).
+// A flight already stale before the byte writes writes nothing, so an invalidating set() keeps its
+// value in the byte layers.
 // Invariants: every flight a leader registers is completed exactly once, on every path, including
 // exceptions (lead() owns that).
 #include "layercache/cache_stack.hpp"
@@ -56,6 +58,19 @@ struct found_entry {
   unix_ms fresh_until_ms = 0;
   std::string bytes;  // the envelope as stored, reused for backfill
 };
+
+// A failed layer status attributed to `l` when the layer did not name itself, so a mutation's
+// status always says which layer failed (cache_stack.hpp).
+status attributed(const layer& l, status s) {
+  if (s.ok() || !s.failures().empty()) return s;
+  std::string message = s.message();  // "<code>: <message>" for an unattributed status
+  const std::string_view prefix = to_string(s.code());
+  if (message.size() > prefix.size() + 1 && message.compare(0, prefix.size(), prefix) == 0 &&
+      message.compare(prefix.size(), 2, ": ") == 0) {
+    message.erase(0, prefix.size() + 2);
+  }
+  return status::layer_error(l.info().name, s.code(), std::move(message));
+}
 
 [[noreturn]] void throw_type_mismatch(std::string_view key, const char* held, const char* wanted) {
   throw type_mismatch_error("layercache: key '" + std::string(key) + "' holds a value of type " +
@@ -152,6 +167,7 @@ struct cache_stack::impl {
       return std::nullopt;
     }
     st.hits.fetch_add(1, std::memory_order_relaxed);
+    if (env.header.negative) negative_hits.fetch_add(1, std::memory_order_relaxed);
     return found_entry{std::move(value), env.header.negative, env.header.fresh_until_ms,
                        std::move(*r.bytes)};
   }
@@ -169,8 +185,11 @@ struct cache_stack::impl {
   void store(flight* f, std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
              const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until,
              std::size_t upto, const std::string* stored_bytes, unix_ms now) {
+    // A flight invalidated before we write must not write at all: its compensating delete below
+    // would also remove what the invalidating set() stored in the byte layers.
+    const bool stale_already = f != nullptr && flights.invalidated(*f);
     std::vector<std::string> encoded;  // one per distinct compression policy, built on demand
-    for (std::size_t j = 0; j < upto; ++j) {
+    for (std::size_t j = 0; j < upto && !stale_already; ++j) {
       std::string_view payload_bytes;
       if (stored_bytes != nullptr) {
         payload_bytes = *stored_bytes;
@@ -203,7 +222,9 @@ struct cache_stack::impl {
       stale_fills.fetch_add(1, std::memory_order_relaxed);
       emit(event_type::stale_fill, "", key,
            status(errc::ok, "fetched value not stored: invalidated during the fetch"));
-      for (std::size_t j = 0; j < upto; ++j) (void)bytes[j]->del(key);
+      if (!stale_already) {
+        for (std::size_t j = 0; j < upto; ++j) (void)bytes[j]->del(key);
+      }
     }
   }
 
@@ -225,7 +246,7 @@ struct cache_stack::impl {
 
   status write_one(std::size_t j, std::string_view key, std::string_view envelope,
                    unix_ms expires) {
-    status s = bytes[j]->set(key, envelope, expires);
+    status s = attributed(*bytes[j], bytes[j]->set(key, envelope, expires));
     stats[j].writes.fetch_add(1, std::memory_order_relaxed);
     if (!s.ok()) {
       stats[j].errors.fetch_add(1, std::memory_order_relaxed);
@@ -393,6 +414,9 @@ std::shared_ptr<const void> cache_stack::get_if_present_erased(std::string_view 
   auto [f, leader] = m.flights.join(key, hash, &ops);
   if (!leader) {
     if (!detail::same_type(f->ops, &ops)) throw_type_mismatch(key, f->ops->name, ops.name);
+    // Called from this thread's own fetcher for the key: every layer already missed, and waiting
+    // for ourselves would never end.
+    if (f->leader == std::this_thread::get_id()) return nullptr;
     bool absent = false;
     return m.wait(*f, m.wait_deadline({}), absent);
   }
@@ -468,7 +492,7 @@ status cache_stack::set_many_erased(
       encoded.push_back(m.encode(ops, value, false, fresh_until, now, m.compress[j]));
       writes.push_back(byte_write{key, encoded.back(), expires});
     }
-    status s = m.bytes[j]->set_many(writes);
+    status s = attributed(*m.bytes[j], m.bytes[j]->set_many(writes));
     m.stats[j].writes.fetch_add(entries.size(), std::memory_order_relaxed);
     if (!s.ok()) {
       m.stats[j].errors.fetch_add(1, std::memory_order_relaxed);
@@ -486,7 +510,7 @@ status cache_stack::del(std::string_view key) {
   m.flights.invalidate(key, hash);
   if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
   status result;
-  for (auto* b : m.bytes) result.update(b->del(key));
+  for (auto* b : m.bytes) result.update(attributed(*b, b->del(key)));
   return result;
 }
 
@@ -499,7 +523,7 @@ status cache_stack::del_many(std::span<const std::string> keys) {
     if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
   }
   status result;
-  for (auto* b : m.bytes) result.update(b->del_many(keys));
+  for (auto* b : m.bytes) result.update(attributed(*b, b->del_many(keys)));
   return result;
 }
 
@@ -524,7 +548,7 @@ status cache_stack::clear() {
   impl& m = *impl_;
   m.flights.invalidate_all();
   status result;
-  for (auto& l : m.layers) result.update(l->clear());
+  for (auto& l : m.layers) result.update(attributed(*l, l->clear()));
   return result;
 }
 

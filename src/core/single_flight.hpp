@@ -72,6 +72,13 @@ class flight_table {
     return fresh;
   }
 
+  // Whether `f` was marked stale so far (a later invalidation may still mark it).
+  bool invalidated(const flight& f) {
+    shard& s = shard_for(f.hash);
+    std::lock_guard lock(s.mu);
+    return f.invalidated;
+  }
+
   // Unregisters `f` without storing (fetch failed).
   void abandon(flight& f);
 

@@ -28,6 +28,7 @@ struct entry_node {
   std::uint64_t hash = 0;
   std::uint32_t key_len = 0;
   std::uint32_t weight = 0;  // charged against max_bytes
+  std::uint32_t stamp = 0;   // policy-defined (recency tick of the last move)
   std::uint8_t segment = 0;  // policy-defined
   bool negative = false;
 

@@ -1,5 +1,8 @@
 #include "memory/eviction_policy.hpp"
 
+#include <algorithm>
+#include <cstdint>
+
 namespace layercache::detail {
 namespace {
 
@@ -41,15 +44,41 @@ class node_list {
   std::size_t size_ = 0;
 };
 
+// Moving a node to the front touches its two neighbours, usually two cache misses on an L1 hit.
+// A node that fewer than `window` other nodes have passed since its last move is still in the front
+// part of its list, so moving it again changes nothing an eviction could see: skip the move. With
+// window = capacity / 4 the order is exact for small lists and within the front quarter otherwise
+// (memcached rate-limits its LRU bumps for the same reason, by time).
+class recency {
+ public:
+  explicit recency(std::size_t capacity)
+      : window_(static_cast<std::uint32_t>(std::min<std::size_t>(capacity / 4, UINT32_MAX))) {}
+  void stamp(entry_node* n) noexcept { n->stamp = ++tick_; }
+  bool near_front(const entry_node* n) const noexcept { return tick_ - n->stamp < window_; }
+
+ private:
+  std::uint32_t tick_ = 0;
+  std::uint32_t window_;
+};
+
 class lru_policy final : public eviction_policy {
  public:
-  void on_insert(entry_node* n) noexcept override { list_.push_front(n); }
-  void on_access(entry_node* n) noexcept override { list_.move_to_front(n); }
+  explicit lru_policy(std::size_t capacity) : recency_(capacity) {}
+  void on_insert(entry_node* n) noexcept override {
+    list_.push_front(n);
+    recency_.stamp(n);
+  }
+  void on_access(entry_node* n) noexcept override {
+    if (recency_.near_front(n)) return;
+    list_.move_to_front(n);
+    recency_.stamp(n);
+  }
   void on_remove(entry_node* n) noexcept override { list_.unlink(n); }
   entry_node* victim() noexcept override { return list_.back(); }
 
  private:
   node_list list_;
+  recency recency_;
 };
 
 // Segmented LRU (Karedla et al. 1994): probation holds entries seen once, protected those hit
@@ -61,7 +90,8 @@ class slru_policy final : public eviction_policy {
 
  public:
   explicit slru_policy(std::size_t protected_capacity)
-      : protected_capacity_(protected_capacity == 0 ? 1 : protected_capacity) {}
+      : protected_capacity_(protected_capacity == 0 ? 1 : protected_capacity),
+        recency_(protected_capacity_) {}
 
   void on_insert(entry_node* n) noexcept override {
     n->segment = probation;
@@ -69,12 +99,15 @@ class slru_policy final : public eviction_policy {
   }
   void on_access(entry_node* n) noexcept override {
     if (n->segment == protected_segment) {
+      if (recency_.near_front(n)) return;
       protected_.move_to_front(n);
+      recency_.stamp(n);
       return;
     }
     probation_.unlink(n);
     n->segment = protected_segment;
     protected_.push_front(n);
+    recency_.stamp(n);
     if (protected_.size() > protected_capacity_) {
       entry_node* demoted = protected_.back();
       protected_.unlink(demoted);
@@ -92,6 +125,7 @@ class slru_policy final : public eviction_policy {
 
  private:
   std::size_t protected_capacity_;
+  recency recency_;  // of the protected segment; probation entries move only when promoted
   node_list probation_;
   node_list protected_;
 };
@@ -102,7 +136,7 @@ std::unique_ptr<eviction_policy> make_policy(eviction kind, std::size_t capacity
                                              double protected_ratio) {
   switch (kind) {
     case eviction::lru:
-      return std::make_unique<lru_policy>();
+      return std::make_unique<lru_policy>(capacity);
     case eviction::segmented_lru:
       break;
   }

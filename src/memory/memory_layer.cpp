@@ -1,11 +1,12 @@
 // memory_layer.cpp — sharded L1.
 //
 // Concurrency: the table is split into shards by the high bits of the key hash; each shard has a
-// mutex guarding its hash chains, policy lists and counters. Counters live inside the shard (updated
+// spin lock (critical sections are tens of nanoseconds) guarding its hash chains, policy lists and counters. Counters live inside the shard (updated
 // under its lock) rather than in shared atomics, so two threads hitting different shards touch no
 // common cache line. No lock is held while a node is freed or while on_remove runs.
 // Eviction: after each insert the shard evicts policy victims while it is over max_entries or
-// max_bytes (both divided evenly across shards).
+// max_bytes (both divided across shards so the shard bounds sum to the global ones). An entry heavier
+// than its shard's whole byte bound is evicted at once, alone.
 // Invariants: every node in a shard's chains is in its policy's lists and counted in count/bytes.
 #include "layercache/memory_layer.hpp"
 
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "core/histogram.hpp"
+#include "core/spin_mutex.hpp"
 #include "layercache/detail/hash.hpp"
 #include "layercache/error.hpp"
 #include "memory/entry_node.hpp"
@@ -79,7 +81,7 @@ class removal_list {
 };
 
 struct alignas(64) shard {
-  std::mutex mu;
+  detail::spin_mutex mu;
   std::vector<entry_node*> buckets;  // power-of-two size, chains via hash_next
   std::unique_ptr<detail::eviction_policy> policy;
   std::size_t max_entries = 0;
@@ -182,17 +184,25 @@ memory_layer::memory_layer(memory_layer_options options) : impl_(std::make_uniqu
     // per-shard bounds stay close to the global ones.
     n = std::bit_floor(std::clamp<std::size_t>(m.options.max_entries / 64, 1, 64));
   }
+  // Every shard must be able to hold an entry without the shards together exceeding max_entries.
+  n = std::min(n, std::bit_floor(m.options.max_entries));
   m.shard_count = n;
   m.shard_shift = 64 - std::countr_zero(n);
   m.shards = std::make_unique<shard[]>(n);
-  const std::size_t per_entries = std::max<std::size_t>(1, (m.options.max_entries + n - 1) / n);
-  const std::size_t per_bytes = m.options.max_bytes == 0 ? 0 : std::max<std::size_t>(1, m.options.max_bytes / n);
+  // The bounds are split so the shards' bounds add up to exactly the global ones (the first
+  // `remainder` shards take one more), never to more.
+  const std::size_t per_entries = m.options.max_entries / n;
+  const std::size_t extra_entries = m.options.max_entries % n;
+  const std::size_t per_bytes = m.options.max_bytes / n;
+  const std::size_t extra_bytes = m.options.max_bytes % n;
   for (std::size_t i = 0; i < n; ++i) {
     shard& s = m.shards[i];
-    s.max_entries = per_entries;
-    s.max_bytes = per_bytes;
+    s.max_entries = per_entries + (i < extra_entries ? 1 : 0);
+    s.max_bytes = m.options.max_bytes == 0
+                      ? 0
+                      : std::max<std::size_t>(1, per_bytes + (i < extra_bytes ? 1 : 0));
     s.buckets.assign(16, nullptr);
-    s.policy = detail::make_policy(m.options.policy, per_entries, m.options.protected_ratio);
+    s.policy = detail::make_policy(m.options.policy, s.max_entries, m.options.protected_ratio);
   }
 }
 
@@ -283,6 +293,11 @@ void memory_layer::insert(std::string_view key, std::uint64_t hash,
     ++s.count;
     s.bytes += n->weight;
     ++s.writes;
+    if (s.max_bytes != 0 && n->weight > s.max_bytes) {
+      // It cannot fit however much is evicted: drop it alone rather than flush the shard for it.
+      s.evictions += 1;
+      removals.add(s.unlink(slot), removal_cause::evicted);
+    }
     s.evict_over_bounds(removals);
     if (s.count > s.buckets.size()) s.grow();
   }

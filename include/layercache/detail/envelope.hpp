@@ -45,7 +45,9 @@ struct compression_policy {
 
 // Encodes an envelope. Compresses the payload when the policy says so and it helps (a payload that
 // does not shrink is stored uncompressed). Never fails for valid input; throws std::length_error for
-// a tag longer than 65535 bytes or more than 65535 tags.
+// a tag longer than 65535 bytes, more than 65535 tags or a payload of 4 GiB or more, and
+// std::invalid_argument for a header the decoder would reject (stale/error before fresh, a negative
+// entry with a payload, an unknown codec or compression).
 std::string encode_envelope(const envelope_header& header, std::span<const std::string> tags,
                             std::string_view payload, const compression_policy& policy = {});
 

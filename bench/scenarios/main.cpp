@@ -1,0 +1,16 @@
+// layercache-bench — scenario benchmarks. `layercache-bench --help` lists the subcommands.
+#include "scenarios/scenario.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"layercache scenario benchmarks"};
+  app.require_subcommand(1);
+  app.fallthrough();  // lets --json and --redis follow the subcommand too
+  layercache::bench::common_args args;
+  app.add_flag("--json", args.json, "print one JSON object as the last line");
+  app.add_option("--redis", args.redis_url,
+                 "Redis URL to use; default: start a throwaway redis-server on a free port");
+  layercache::bench::register_hot_path(app, args);
+  layercache::bench::register_stampede(app, args);
+  CLI11_PARSE(app, argc, argv);
+  return 0;
+}

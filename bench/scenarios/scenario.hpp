@@ -1,0 +1,24 @@
+// scenario.hpp — the subcommands of layercache-bench. Each registers itself on the CLI app and,
+// when run, prints a human table and, with --json, one JSON object as the last line of output.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace layercache::bench {
+
+struct common_args {
+  bool json = false;
+  std::string redis_url;  // --redis URL; empty = start a throwaway redis-server
+};
+
+// Prints the JSON line when asked (always last).
+inline void emit_json(const common_args& args, const nlohmann::json& j) {
+  if (args.json) std::printf("%s\n", j.dump().c_str());
+}
+
+void register_hot_path(CLI::App& app, common_args& args);
+void register_stampede(CLI::App& app, common_args& args);
+
+}  // namespace layercache::bench
