@@ -27,10 +27,18 @@
 // wait_timeout_error (wait_deadline passed while waiting for another caller's fetch).
 // Mutations return a status naming the layers that failed.
 //
+// Writes: L1 changes before a mutation returns. Byte layers (Redis, disk) are written by background
+// threads, in order per key, unless write_policy::strict is chosen (then the call waits for every
+// layer and its status reports their failures). This process reads its own writes immediately;
+// other processes see them once they land. Fetched and backfilled values always go to byte layers
+// in the background: a get returns as soon as L1 holds the value. The destructor waits up to
+// stack_options::shutdown_flush_timeout for queued writes.
+//
 // Thread-safety: every method may be called concurrently from any thread. Not copyable or movable;
 // share it by reference or shared_ptr. Destroying it while calls are running is undefined.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <span>
@@ -202,10 +210,16 @@ class cache_stack {
 
   // Removes several keys; byte layers receive them as one batch each.
   status del_many(std::span<const std::string> keys);
+  status del_many(std::span<const std::string_view> keys);
 
   // Removes every entry from every layer (a prefixed Redis layer clears its prefix only) and marks
   // every in-flight fetch stale.
   status clear();
+
+  // Waits until every byte-layer write queued before the call (write_policy::best_effort) has
+  // reached its layers, or `timeout` passes. Returns whether everything landed. For tests, and for
+  // a graceful shutdown that must not lose writes.
+  bool flush(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
   // Counters and latency summaries, per layer and for the stack (metrics.hpp).
   metrics_snapshot metrics() const;

@@ -62,7 +62,7 @@ enum class disk_compression : unsigned char { none, lz4, zstd };
 struct disk_layer_options {
   // Directory of the store. Required (empty is invalid). Created with its missing parents, each
   // with mode 0700; an existing directory is used as it is.
-  std::string directory;
+  std::string directory{};
   // Size bound in bytes for the table files plus the unflushed write buffers (about the directory's
   // size, minus a few hundred KiB of metadata and logs). Default 1 GiB. Oldest data is evicted first
   // when it is reached. Minimum 1 MiB (zero is invalid). An entry larger than max_bytes / 16 is
@@ -84,7 +84,7 @@ struct disk_layer_options {
   std::string name = "disk";
   // Time source for expiry. Default (null): default_clock(). Tests install a fake clock. Whole-file
   // deletion by age (the ttl cap) uses the real clock; it only drops entries already expired.
-  std::shared_ptr<const layercache::clock> clock;
+  std::shared_ptr<const layercache::clock> clock{};
 
   // Throws invalid_argument_error naming the first invalid field and why.
   void validate() const;

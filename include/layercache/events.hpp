@@ -25,6 +25,9 @@ enum class event_type : unsigned char {
   corruption,        // a layer held bytes that failed to decode; the entry was removed
   wait_timeout,      // a caller gave up waiting for another caller's fetch
   stale_fill,        // a fetched value was not stored: an invalidation arrived during the fetch
+  breaker_open,      // a remote layer failed repeatedly and is skipped for a while
+  breaker_half_open, // one probe call is let through to a skipped layer
+  breaker_closed,    // the probe succeeded: the layer is used again
 };
 
 std::string_view to_string(event_type type) noexcept;

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -26,6 +27,8 @@
 #include <vector>
 
 #include "layercache/clock.hpp"
+#include "layercache/events.hpp"
+#include "layercache/metrics.hpp"
 #include "layercache/status.hpp"
 
 namespace layercache {
@@ -48,6 +51,11 @@ struct layer_info {
   std::size_t compress_min_bytes = 1024;      // payloads shorter than this stay uncompressed
 };
 
+// How a layer reports what it detects itself (breaker transitions, background failures) to the
+// stack that owns it.
+using layer_event_sink =
+    std::function<void(event_type type, std::string_view key, const status& detail)>;
+
 class layer {
  public:
   virtual ~layer() = default;
@@ -62,6 +70,13 @@ class layer {
   // Removes every entry this layer holds for this stack (a prefixed Redis layer removes only its
   // prefix).
   virtual status clear() = 0;
+
+  // Called by the cache_stack that takes the layer, and again with an empty sink when the stack is
+  // destroyed: once attach() returns, the previous sink must not be running or be called again
+  // (guard it with a lock). Default: events are not reported.
+  virtual void attach(layer_event_sink sink) { (void)sink; }
+  // Adds the layer's own counters (timeouts, breaker state, ...) to its metrics. Default: none.
+  virtual void contribute_metrics(layer_metrics& out) const { (void)out; }
 
  protected:
   layer() = default;

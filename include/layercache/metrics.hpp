@@ -36,6 +36,9 @@ struct layer_metrics {
   std::uint64_t expirations = 0;     // found expired and dropped
   std::uint64_t entries = 0;         // resident now (memory layer; 0 where unknown)
   std::uint64_t bytes = 0;           // weighed bytes resident now (memory layer)
+  std::uint64_t timeouts = 0;        // operations that missed their deadline (remote layers)
+  std::uint64_t breaker_opens = 0;   // times the circuit breaker opened (remote layers)
+  std::string breaker_state;         // "closed", "open", "half_open"; empty without a breaker
   latency_summary read_latency;
 };
 
@@ -47,6 +50,7 @@ struct metrics_snapshot {
   std::uint64_t wait_timeouts = 0;    // waiters that gave up at their wait_deadline
   std::uint64_t negative_hits = 0;    // hits on a cached "not found"
   std::uint64_t stale_fills = 0;      // fetched values not stored because an invalidation raced them
+  std::uint64_t pending_writes = 0;   // background byte-layer writes queued now
   latency_summary fetch_latency;
 };
 

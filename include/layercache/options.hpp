@@ -22,6 +22,16 @@
 
 namespace layercache {
 
+// When a mutation returns.
+enum class write_policy : unsigned char {
+  // L1 is updated before the call returns; byte layers (Redis, disk) are written in the background,
+  // in order per key, and failures are reported through metrics and events only. The process reads
+  // its own writes even before they reach the byte layers.
+  best_effort,
+  // The call waits until every layer has been written and its status lists the layers that failed.
+  strict,
+};
+
 struct stack_options {
   // Lifetime of an entry when the call gives none. Must be > 0. Default 5 minutes.
   std::chrono::milliseconds ttl = std::chrono::minutes(5);
@@ -37,6 +47,18 @@ struct stack_options {
   std::shared_ptr<const ::layercache::clock> clock{};
   // Called for errors and notable events (events.hpp). Empty means no callback.
   event_callback on_event{};
+  // When set/del/del_many/set_many return (per call for set via set_options). Default best_effort.
+  write_policy writes = write_policy::best_effort;
+  // Threads writing byte layers in the background (ops on one key always go to the same thread).
+  // Must be >= 1. Default 2.
+  std::size_t write_threads = 2;
+  // Background writes queued at most; a mutation blocks while the queue is full (nothing is
+  // dropped while the stack lives). Must be >= 1. Default 65,536.
+  std::size_t max_pending_writes = 65'536;
+  // How long the destructor waits for queued background writes to reach their layers; what is left
+  // after it is dropped (and counted in metrics before destruction cannot be observed, so keep it
+  // generous). Default 2 s.
+  std::chrono::milliseconds shutdown_flush_timeout = std::chrono::seconds(2);
 
   void validate() const;
 };
@@ -55,6 +77,8 @@ struct get_options {
 struct set_options {
   // Lifetime of the value; unset means stack_options::ttl. Must be > 0 when set.
   std::optional<std::chrono::milliseconds> ttl{};
+  // Overrides stack_options::writes for this call.
+  std::optional<write_policy> policy{};
 
   void validate() const;
 };

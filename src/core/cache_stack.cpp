@@ -20,6 +20,7 @@
 
 #include "core/histogram.hpp"
 #include "core/single_flight.hpp"
+#include "core/write_behind.hpp"
 #include "layercache/detail/envelope.hpp"
 #include "layercache/detail/hash.hpp"
 
@@ -92,6 +93,66 @@ struct cache_stack::impl {
   std::atomic<std::uint64_t> fetches{0}, fetch_errors{0}, dedupes{0}, wait_timeouts{0},
       negative_hits{0}, stale_fills{0};
   detail::latency_histogram fetch_latency;
+  // Last member: destroyed first, flushing queued writes while the layers still exist.
+  std::unique_ptr<detail::write_behind> writer;
+
+  write_policy policy_of(const set_options& o) const { return o.policy.value_or(options.writes); }
+
+  // What a byte-layer read must see of this process's own writes that have not landed yet.
+  detail::write_behind::pending_kind pending(std::string_view key, std::uint64_t hash,
+                                             std::shared_ptr<const std::string>* own) const {
+    if (!writer) return detail::write_behind::pending_kind::none;
+    return writer->pending(key, hash, own);
+  }
+
+  // Queues the envelope of an entry for byte layers [0, upto). `stored_bytes` (an envelope read
+  // from a lower layer) is reused as is; otherwise the value is encoded once per distinct
+  // compression policy.
+  void submit_set(std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
+                  const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until,
+                  std::size_t upto, const std::string* stored_bytes, unix_ms now,
+                  std::shared_ptr<detail::write_ticket> ticket) {
+    detail::write_op op;
+    op.type = detail::write_op::kind::set;
+    op.key.assign(key);
+    op.hash = hash;
+    op.upto = upto;
+    op.bytes.resize(upto);
+    op.expires.resize(upto);
+    std::shared_ptr<const std::string> shared_stored =
+        stored_bytes != nullptr ? std::make_shared<const std::string>(*stored_bytes) : nullptr;
+    for (std::size_t j = 0; j < upto; ++j) {
+      op.expires[j] = expiry_in(bytes[j]->info(), fresh_until, now);
+      if (shared_stored) {
+        op.bytes[j] = shared_stored;
+        continue;
+      }
+      for (std::size_t k = 0; k < j; ++k) {
+        if (compress[k].algorithm == compress[j].algorithm &&
+            compress[k].min_bytes == compress[j].min_bytes) {
+          op.bytes[j] = op.bytes[k];
+          break;
+        }
+      }
+      if (!op.bytes[j]) {
+        op.bytes[j] = std::make_shared<const std::string>(
+            encode(ops, value, negative, fresh_until, now, compress[j]));
+      }
+    }
+    op.ticket = std::move(ticket);
+    writer->submit(std::move(op));
+  }
+
+  void submit_del(std::string_view key, std::uint64_t hash, std::size_t upto,
+                  std::shared_ptr<detail::write_ticket> ticket) {
+    detail::write_op op;
+    op.type = detail::write_op::kind::del;
+    op.key.assign(key);
+    op.hash = hash;
+    op.upto = upto;
+    op.ticket = std::move(ticket);
+    writer->submit(std::move(op));
+  }
 
   void emit(event_type type, std::string_view layer, std::string_view key, const status& detail) {
     if (!options.on_event) return;
@@ -134,19 +195,21 @@ struct cache_stack::impl {
     }
     detail::decoded_envelope env;
     status decoded = detail::decode_envelope(*r.bytes, env);
-    if (decoded.ok() && env.header.codec != ops.codec && !env.header.negative) {
-      decoded = status(errc::corruption, "envelope codec does not match the codec of the type");
-    }
     std::shared_ptr<const void> value;
     if (decoded.ok() && env.header.fresh_until_ms <= now) {
       st.expirations.fetch_add(1, std::memory_order_relaxed);
       st.misses.fetch_add(1, std::memory_order_relaxed);
       return std::nullopt;
     }
+    // The type check comes before the codec check: a value of another type usually has another
+    // codec too, and it is misuse to report, not corruption to delete.
     if (decoded.ok() && env.header.type_fingerprint != 0 &&
         env.header.type_fingerprint != ops.fingerprint) {
       throw type_mismatch_error("layercache: key '" + std::string(key) + "' in layer " + name +
                                 " holds a value of another type than " + ops.name);
+    }
+    if (decoded.ok() && env.header.codec != ops.codec && !env.header.negative) {
+      decoded = status(errc::corruption, "envelope codec does not match the codec of the type");
     }
     if (decoded.ok() && !env.header.negative) {
       try {
@@ -180,33 +243,38 @@ struct cache_stack::impl {
     return take(i, key, std::move(r), ops, clock->now_ms());
   }
 
-  // Writes an entry to byte layers [0, upto) and, unless the flight was invalidated meanwhile, to
-  // L1. `envelopes` holds the encoded bytes per byte layer (empty string: encode lazily).
+  // Looks for `key` below L1: first among this process's queued writes (read-your-writes), then in
+  // each byte layer in order. `found_at` is the index of the layer that answered (0 for a queued
+  // write: nothing above it needs a backfill but L1).
+  std::optional<found_entry> find_below(std::string_view key, std::uint64_t hash,
+                                        const detail::type_ops& ops, std::size_t& found_at) {
+    std::shared_ptr<const std::string> own;
+    switch (pending(key, hash, &own)) {
+      case detail::write_behind::pending_kind::del:
+        return std::nullopt;
+      case detail::write_behind::pending_kind::set:
+        found_at = 0;
+        return take(0, key, byte_read{status(), std::string(*own)}, ops, clock->now_ms());
+      case detail::write_behind::pending_kind::none:
+        break;
+    }
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+      if (auto e = read(i, key, ops)) {
+        found_at = i;
+        return e;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Queues an entry for byte layers [0, upto) and, unless the flight was invalidated meanwhile,
+  // stores it in L1. The caller returns as soon as L1 holds it; the byte layers are written in the
+  // background, in order with every other write of the key.
   void store(flight* f, std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
              const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until,
              std::size_t upto, const std::string* stored_bytes, unix_ms now) {
-    // A flight invalidated before we write must not write at all: its compensating delete below
-    // would also remove what the invalidating set() stored in the byte layers.
-    const bool stale_already = f != nullptr && flights.invalidated(*f);
-    std::vector<std::string> encoded;  // one per distinct compression policy, built on demand
-    for (std::size_t j = 0; j < upto && !stale_already; ++j) {
-      std::string_view payload_bytes;
-      if (stored_bytes != nullptr) {
-        payload_bytes = *stored_bytes;
-      } else {
-        if (encoded.empty()) encoded.resize(bytes.size());
-        if (encoded[j].empty()) {
-          encoded[j] = encode(ops, value, negative, fresh_until, now, compress[j]);
-          for (std::size_t k = j + 1; k < upto; ++k) {
-            if (compress[k].algorithm == compress[j].algorithm &&
-                compress[k].min_bytes == compress[j].min_bytes) {
-              encoded[k] = encoded[j];
-            }
-          }
-        }
-        payload_bytes = encoded[j];
-      }
-      (void)write_one(j, key, payload_bytes, expiry_in(bytes[j]->info(), fresh_until, now));
+    if (upto > 0) {
+      submit_set(key, hash, ops, value, negative, fresh_until, upto, stored_bytes, now, nullptr);
     }
     auto insert_l1 = [&] {
       if (l1 != nullptr) {
@@ -222,9 +290,8 @@ struct cache_stack::impl {
       stale_fills.fetch_add(1, std::memory_order_relaxed);
       emit(event_type::stale_fill, "", key,
            status(errc::ok, "fetched value not stored: invalidated during the fetch"));
-      if (!stale_already) {
-        for (std::size_t j = 0; j < upto; ++j) (void)bytes[j]->del(key);
-      }
+      // Queued after our write, so it undoes it in the byte layers.
+      if (upto > 0) submit_del(key, hash, upto, nullptr);
     }
   }
 
@@ -242,17 +309,6 @@ struct cache_stack::impl {
     std::string payload;
     if (!negative) ops.encode(value.get(), payload);
     return detail::encode_envelope(h, {}, payload, policy);
-  }
-
-  status write_one(std::size_t j, std::string_view key, std::string_view envelope,
-                   unix_ms expires) {
-    status s = attributed(*bytes[j], bytes[j]->set(key, envelope, expires));
-    stats[j].writes.fetch_add(1, std::memory_order_relaxed);
-    if (!s.ok()) {
-      stats[j].errors.fetch_add(1, std::memory_order_relaxed);
-      emit(event_type::layer_error, bytes[j]->info().name, key, s);
-    }
-    return s;
   }
 
   std::shared_ptr<const void> wait(flight& f, std::chrono::milliseconds deadline,
@@ -307,12 +363,38 @@ cache_stack::cache_stack(std::vector<std::shared_ptr<layer>> layers, stack_optio
   }
   m.stats = std::make_unique<byte_layer_stats[]>(m.bytes.size());
   m.layers = std::move(layers);
+  for (auto& l : m.layers) {
+    impl* self = &m;
+    const std::string name = l->info().name;
+    l->attach([self, name](event_type type, std::string_view key, const status& detail) {
+      self->emit(type, name, key, detail);
+    });
+  }
   m.options = std::move(options);
   m.clock = m.options.clock ? m.options.clock : default_clock();
   l1_ = m.l1;
+  if (!m.bytes.empty()) {
+    impl* self = &m;
+    m.writer = std::make_unique<detail::write_behind>(
+        m.bytes,
+        detail::write_behind::options{.threads = m.options.write_threads,
+                                      .max_pending = m.options.max_pending_writes,
+                                      .batch = 256,
+                                      .flush_timeout = m.options.shutdown_flush_timeout},
+        [self](std::size_t j, std::string_view key, const status& s) {
+          self->stats[j].errors.fetch_add(1, std::memory_order_relaxed);
+          self->emit(event_type::layer_error, self->bytes[j]->info().name, key, s);
+        },
+        [self](std::size_t j, std::size_t n) {
+          self->stats[j].writes.fetch_add(n, std::memory_order_relaxed);
+        });
+  }
 }
 
-cache_stack::~cache_stack() = default;
+cache_stack::~cache_stack() {
+  impl_->writer.reset();  // flush queued writes (bounded) while layers and sinks are valid
+  for (auto& l : impl_->layers) l->attach({});  // layers may outlive the stack
+}
 
 const std::vector<std::shared_ptr<layer>>& cache_stack::layers() const noexcept {
   return impl_->layers;
@@ -361,13 +443,12 @@ std::shared_ptr<const void> cache_stack::get_slow(std::string_view key, std::uin
         detail::flight_table::complete(fl, hit.value, hit.negative, nullptr);
         return hit.value;
       }
-      for (std::size_t i = 0; i < m.bytes.size(); ++i) {
-        if (auto e = m.read(i, key, ops)) {
-          m.store(&fl, key, hash, ops, e->value, e->negative, e->fresh_until_ms, i, &e->bytes,
-                  m.clock->now_ms());
-          detail::flight_table::complete(fl, e->value, e->negative, nullptr);
-          return e->value;
-        }
+      std::size_t at = 0;
+      if (auto e = m.find_below(key, hash, ops, at)) {
+        m.store(&fl, key, hash, ops, e->value, e->negative, e->fresh_until_ms, at, &e->bytes,
+                m.clock->now_ms());
+        detail::flight_table::complete(fl, e->value, e->negative, nullptr);
+        return e->value;
       }
       const auto start = steady::now();
       m.fetches.fetch_add(1, std::memory_order_relaxed);
@@ -422,13 +503,12 @@ std::shared_ptr<const void> cache_stack::get_if_present_erased(std::string_view 
   }
   flight& fl = *f;
   try {
-    for (std::size_t i = 0; i < m.bytes.size(); ++i) {
-      if (auto e = m.read(i, key, ops)) {
-        m.store(&fl, key, hash, ops, e->value, e->negative, e->fresh_until_ms, i, &e->bytes,
-                m.clock->now_ms());
-        detail::flight_table::complete(fl, e->value, e->negative, nullptr);
-        return e->value;
-      }
+    std::size_t at = 0;
+    if (auto e = m.find_below(key, hash, ops, at)) {
+      m.store(&fl, key, hash, ops, e->value, e->negative, e->fresh_until_ms, at, &e->bytes,
+              m.clock->now_ms());
+      detail::flight_table::complete(fl, e->value, e->negative, nullptr);
+      return e->value;
     }
     m.flights.abandon(fl);
     detail::flight_table::complete(fl, nullptr, false, nullptr, /*absent=*/true);
@@ -449,21 +529,14 @@ status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops
   m.flights.invalidate(key, hash);
   const unix_ms now = m.clock->now_ms();
   const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
-  status result;
   if (m.l1 != nullptr) {
     m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
   }
-  std::string encoded;
-  const detail::compression_policy* encoded_with = nullptr;
-  for (std::size_t j = 0; j < m.bytes.size(); ++j) {
-    if (encoded_with == nullptr || encoded_with->algorithm != m.compress[j].algorithm ||
-        encoded_with->min_bytes != m.compress[j].min_bytes) {
-      encoded = m.encode(ops, value, false, fresh_until, now, m.compress[j]);
-      encoded_with = &m.compress[j];
-    }
-    result.update(m.write_one(j, key, encoded, m.expiry_in(m.bytes[j]->info(), fresh_until, now)));
-  }
-  return result;
+  if (m.bytes.empty()) return {};
+  std::shared_ptr<detail::write_ticket> ticket;
+  if (m.policy_of(options) == write_policy::strict) ticket = std::make_shared<detail::write_ticket>();
+  m.submit_set(key, hash, ops, value, false, fresh_until, m.bytes.size(), nullptr, now, ticket);
+  return ticket ? ticket->wait() : status();
 }
 
 status cache_stack::set_many_erased(
@@ -474,56 +547,50 @@ status cache_stack::set_many_erased(
   for (const auto& [key, value] : entries) m.validate_key(key);
   const unix_ms now = m.clock->now_ms();
   const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
+  const bool strict = m.policy_of(options) == write_policy::strict;
+  std::vector<std::shared_ptr<detail::write_ticket>> tickets;
   for (const auto& [key, value] : entries) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
     if (m.l1 != nullptr) {
       m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
     }
+    if (m.bytes.empty()) continue;
+    // The background writer batches queued sets into one set_many per layer.
+    auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
+    m.submit_set(key, hash, ops, value, false, fresh_until, m.bytes.size(), nullptr, now, ticket);
+    if (ticket) tickets.push_back(std::move(ticket));
   }
   status result;
-  for (std::size_t j = 0; j < m.bytes.size(); ++j) {
-    std::vector<std::string> encoded;
-    encoded.reserve(entries.size());
-    std::vector<byte_write> writes;
-    writes.reserve(entries.size());
-    const unix_ms expires = m.expiry_in(m.bytes[j]->info(), fresh_until, now);
-    for (const auto& [key, value] : entries) {
-      encoded.push_back(m.encode(ops, value, false, fresh_until, now, m.compress[j]));
-      writes.push_back(byte_write{key, encoded.back(), expires});
-    }
-    status s = attributed(*m.bytes[j], m.bytes[j]->set_many(writes));
-    m.stats[j].writes.fetch_add(entries.size(), std::memory_order_relaxed);
-    if (!s.ok()) {
-      m.stats[j].errors.fetch_add(1, std::memory_order_relaxed);
-      m.emit(event_type::layer_error, m.bytes[j]->info().name, "", s);
-    }
-    result.update(s);
-  }
+  for (auto& t : tickets) result.update(t->wait());
   return result;
 }
 
 status cache_stack::del(std::string_view key) {
-  impl& m = *impl_;
-  m.validate_key(key);
-  const std::uint64_t hash = detail::hash_key(key);
-  m.flights.invalidate(key, hash);
-  if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
-  status result;
-  for (auto* b : m.bytes) result.update(attributed(*b, b->del(key)));
-  return result;
+  return del_many(std::span<const std::string_view>(&key, 1));
 }
 
 status cache_stack::del_many(std::span<const std::string> keys) {
+  std::vector<std::string_view> views(keys.begin(), keys.end());
+  return del_many(std::span<const std::string_view>(views));
+}
+
+status cache_stack::del_many(std::span<const std::string_view> keys) {
   impl& m = *impl_;
   for (const auto& key : keys) m.validate_key(key);
+  const bool strict = m.options.writes == write_policy::strict;
+  std::vector<std::shared_ptr<detail::write_ticket>> tickets;
   for (const auto& key : keys) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
     if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
+    if (m.bytes.empty()) continue;
+    auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
+    m.submit_del(key, hash, m.bytes.size(), ticket);
+    if (ticket) tickets.push_back(std::move(ticket));
   }
   status result;
-  for (auto* b : m.bytes) result.update(attributed(*b, b->del_many(keys)));
+  for (auto& t : tickets) result.update(t->wait());
   return result;
 }
 
@@ -533,6 +600,17 @@ bool cache_stack::has(std::string_view key) {
   const std::uint64_t hash = detail::hash_key(key);
   if (m.l1 != nullptr && m.l1->contains(key, hash)) return true;
   const unix_ms now = m.clock->now_ms();
+  std::shared_ptr<const std::string> own;
+  switch (m.pending(key, hash, &own)) {
+    case detail::write_behind::pending_kind::del:
+      return false;
+    case detail::write_behind::pending_kind::set: {
+      detail::envelope_header h;
+      return own && detail::peek_envelope_header(*own, h).ok() && h.fresh_until_ms > now;
+    }
+    case detail::write_behind::pending_kind::none:
+      break;
+  }
   for (auto* b : m.bytes) {
     byte_read r = b->get(key);
     detail::envelope_header h;
@@ -577,6 +655,7 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
     std::uint64_t hash;
     std::shared_ptr<flight> f;
     bool done = false;
+    bool skip_layers = false;  // a queued write of ours decides; the byte layers are behind it
   };
   std::vector<pending> led, awaited;
   for (std::string_view key : unique) {
@@ -609,7 +688,27 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
     try {
       std::size_t remaining = led.size();
       for (auto& p : led) {
+        if (p.done) continue;
+        std::shared_ptr<const std::string> own;
+        const auto pk = m.pending(p.key, p.hash, &own);
+        if (pk == detail::write_behind::pending_kind::none) continue;
+        // Our own queued write decides: a queued delete means "fetch", a queued set answers.
+        p.skip_layers = true;
+        if (pk == detail::write_behind::pending_kind::set) {
+          if (auto e = m.take(0, p.key, byte_read{status(), std::string(*own)}, ops,
+                              m.clock->now_ms())) {
+            m.store(p.f.get(), p.key, p.hash, ops, e->value, e->negative, e->fresh_until_ms, 0,
+                    &e->bytes, m.clock->now_ms());
+            detail::flight_table::complete(*p.f, e->value, e->negative, nullptr);
+            fill(p.key, e->value);
+            p.done = true;
+            --remaining;
+          }
+        }
+      }
+      for (auto& p : led) {
         memory_layer::hit hit;
+        if (p.done) continue;
         if (m.l1 != nullptr && m.l1->find(p.key, p.hash, hit, false)) {
           if (!detail::same_type(hit.ops, &ops)) {
             throw_type_mismatch(p.key, hit.ops->name, ops.name);
@@ -625,11 +724,12 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
         std::vector<std::string> ask;
         std::vector<pending*> asked;
         for (auto& p : led) {
-          if (!p.done) {
+          if (!p.done && !p.skip_layers) {
             ask.emplace_back(p.key);
             asked.push_back(&p);
           }
         }
+        if (ask.empty()) break;
         const auto t0 = steady::now();
         std::vector<byte_read> reads = m.bytes[i]->get_many(ask);
         m.stats[i].latency.record(elapsed_ns(t0));
@@ -732,6 +832,10 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
   return results;
 }
 
+bool cache_stack::flush(std::chrono::milliseconds timeout) {
+  return !impl_->writer || impl_->writer->flush(timeout);
+}
+
 metrics_snapshot cache_stack::metrics() const {
   const impl& m = *impl_;
   metrics_snapshot out;
@@ -750,6 +854,7 @@ metrics_snapshot cache_stack::metrics() const {
     lm.writes = st.writes.load(std::memory_order_relaxed);
     lm.expirations = st.expirations.load(std::memory_order_relaxed);
     lm.read_latency = st.latency.summary();
+    l->contribute_metrics(lm);
     out.layers.push_back(std::move(lm));
   }
   out.fetches = m.fetches.load(std::memory_order_relaxed);
@@ -759,6 +864,7 @@ metrics_snapshot cache_stack::metrics() const {
   out.negative_hits = m.negative_hits.load(std::memory_order_relaxed);
   out.stale_fills = m.stale_fills.load(std::memory_order_relaxed);
   out.fetch_latency = m.fetch_latency.summary();
+  out.pending_writes = m.writer ? m.writer->queued() : 0;
   return out;
 }
 

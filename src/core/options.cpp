@@ -11,6 +11,9 @@ std::string_view to_string(event_type type) noexcept {
     case event_type::corruption: return "corruption";
     case event_type::wait_timeout: return "wait_timeout";
     case event_type::stale_fill: return "stale_fill";
+    case event_type::breaker_open: return "breaker_open";
+    case event_type::breaker_half_open: return "breaker_half_open";
+    case event_type::breaker_closed: return "breaker_closed";
   }
   return "unknown";
 }
@@ -25,6 +28,13 @@ void stack_options::validate() const {
   }
   if (wait_deadline.count() < 0) {
     throw invalid_argument_error("stack_options: wait_deadline must be >= 0");
+  }
+  if (write_threads == 0) throw invalid_argument_error("stack_options: write_threads must be >= 1");
+  if (max_pending_writes == 0) {
+    throw invalid_argument_error("stack_options: max_pending_writes must be >= 1");
+  }
+  if (shutdown_flush_timeout.count() < 0) {
+    throw invalid_argument_error("stack_options: shutdown_flush_timeout must be >= 0");
   }
 }
 
