@@ -1,0 +1,300 @@
+// redis_layer.cpp — byte_layer over the internal redis_client.
+//
+// Concurrency: all state is either immutable after create() or atomic, except the event sink
+// (guarded by sink_mu_, held while the sink runs so attach({}) can wait for a running call) and the
+// breaker (internally locked). Calls run on the caller's thread; the client does the multiplexing.
+// Breaker accounting: transport errors and deadline misses count as failures; a reply, including
+// a nil reply, counts as success; misuse errors (invalid_argument, resource_exhausted) count as
+// neither, because they say nothing about Redis's health.
+#include "layercache/redis_layer.hpp"
+
+#include <atomic>
+#include <mutex>
+
+#include "core/circuit_breaker.hpp"
+#include "layercache/error.hpp"
+#include "redis/hiredis_client.hpp"
+#include "redis/redis_client.hpp"
+
+namespace layercache {
+
+using redis_detail::reply;
+using redis_detail::result;
+
+void redis_layer_options::validate() const {
+  if (url.empty()) throw invalid_argument_error("redis_layer: url must not be empty");
+  if (ttl.count() < 0) throw invalid_argument_error("redis_layer: ttl must be >= 0");
+  if (read_deadline.count() <= 0) throw invalid_argument_error("redis_layer: read_deadline must be > 0");
+  if (write_deadline.count() <= 0) {
+    throw invalid_argument_error("redis_layer: write_deadline must be > 0");
+  }
+  if (max_value_bytes == 0) throw invalid_argument_error("redis_layer: max_value_bytes must be > 0");
+  if (connections == 0) throw invalid_argument_error("redis_layer: connections must be >= 1");
+  if (connect_timeout.count() <= 0) {
+    throw invalid_argument_error("redis_layer: connect_timeout must be > 0");
+  }
+  if (breaker_failures == 0) throw invalid_argument_error("redis_layer: breaker_failures must be >= 1");
+  if (breaker_open_for.count() <= 0) {
+    throw invalid_argument_error("redis_layer: breaker_open_for must be > 0");
+  }
+  if (name.empty()) throw invalid_argument_error("redis_layer: name must not be empty");
+}
+
+namespace {
+
+std::int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// SCAN MATCH treats * ? [ ] \ as glob syntax; a prefix is literal.
+std::string glob_escape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 1);
+  for (char c : s) {
+    if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out;
+}
+
+}  // namespace
+
+struct redis_layer::impl {
+  redis_layer_options options;
+  layer_info info;
+  std::shared_ptr<const ::layercache::clock> clock;
+  std::unique_ptr<redis_detail::redis_client> client;
+  std::unique_ptr<detail::circuit_breaker> breaker;
+  std::atomic<std::uint64_t> timeouts{0};
+
+  // Recursive: the sink may call back into the cache, which may raise another event here.
+  std::recursive_mutex sink_mu;
+  layer_event_sink sink;
+
+  void emit(event_type type, std::string_view key, const status& s) {
+    std::lock_guard lock(sink_mu);
+    if (sink) sink(type, key, s);
+  }
+
+  std::string full_key(std::string_view key) const {
+    std::string k;
+    k.reserve(options.prefix.size() + key.size());
+    k.append(options.prefix).append(key);
+    return k;
+  }
+
+  status refused() const {
+    return status::layer_error(info.name, errc::unavailable,
+                               "circuit breaker open: redis skipped");
+  }
+
+  // Feeds the breaker and counters from one outcome; returns the status to report (named).
+  status account(const status& s) {
+    if (s.ok()) {
+      breaker->on_success();
+      return {};
+    }
+    const errc code = s.code();
+    if (code == errc::timeout) timeouts.fetch_add(1, std::memory_order_relaxed);
+    if (code == errc::timeout || code == errc::unavailable || code == errc::internal) {
+      breaker->on_failure(steady_ms());
+    }
+    return status::layer_error(info.name, code, s.message());
+  }
+
+  std::int64_t px_for(unix_ms expires_at_ms) const {
+    std::int64_t remaining = expires_at_ms == 0 ? 0 : expires_at_ms - clock->now_ms();
+    if (options.ttl.count() > 0 && (expires_at_ms == 0 || remaining > options.ttl.count())) {
+      remaining = options.ttl.count();
+    }
+    return remaining;  // 0 with expires_at 0 and no cap: store without expiry
+  }
+};
+
+redis_layer::redis_layer(std::unique_ptr<impl> state) : impl_(std::move(state)) {}
+redis_layer::~redis_layer() = default;
+
+std::shared_ptr<redis_layer> redis_layer::create(redis_layer_options options) {
+  options.validate();
+  auto m = std::make_unique<impl>();
+  m->options = std::move(options);
+  const auto& o = m->options;
+  m->info = layer_info{o.name, layer_kind::bytes, o.ttl, true, o.compress, o.compress_min_bytes};
+  m->clock = o.clock ? o.clock : default_clock();
+  redis_detail::client_options co;
+  co.url = o.url;
+  co.connections = o.connections;
+  co.connect_timeout = o.connect_timeout;
+  m->client = redis_detail::make_hiredis_client(co);  // throws for a malformed URL
+  impl* self = m.get();
+  m->breaker = std::make_unique<detail::circuit_breaker>(
+      detail::circuit_breaker::options{o.breaker_failures, o.breaker_open_for},
+      [self](detail::circuit_breaker::state, detail::circuit_breaker::state to) {
+        using st = detail::circuit_breaker::state;
+        const event_type type = to == st::open        ? event_type::breaker_open
+                                : to == st::half_open ? event_type::breaker_half_open
+                                                      : event_type::breaker_closed;
+        self->emit(type, "", status(errc::ok, std::string("circuit breaker ") +
+                                                  std::string(detail::circuit_breaker::name(to))));
+      });
+  // Rejected credentials are a configuration error worth failing loudly for; an unreachable
+  // server is not (the layer reconnects in the background and reads fall through meanwhile).
+  result probe = m->client->execute({"PING"}, o.connect_timeout + o.read_deadline);
+  if (!probe.error.ok() && probe.error.code() == errc::invalid_argument) {
+    throw invalid_argument_error("redis_layer: " + probe.error.message());
+  }
+  return std::shared_ptr<redis_layer>(new redis_layer(std::move(m)));
+}
+
+const layer_info& redis_layer::info() const noexcept { return impl_->info; }
+bool redis_layer::connected() const noexcept { return impl_->client->connected(); }
+
+void redis_layer::attach(layer_event_sink sink) {
+  std::lock_guard lock(impl_->sink_mu);
+  impl_->sink = std::move(sink);
+}
+
+void redis_layer::contribute_metrics(layer_metrics& out) const {
+  out.timeouts = impl_->timeouts.load(std::memory_order_relaxed);
+  out.breaker_opens = impl_->breaker->opens();
+  out.breaker_state = std::string(detail::circuit_breaker::name(impl_->breaker->current()));
+}
+
+byte_read redis_layer::get(std::string_view key) {
+  impl& m = *impl_;
+  if (!m.breaker->allow(steady_ms())) return {m.refused(), std::nullopt};
+  const std::string k = m.full_key(key);
+  result r = m.client->execute({"GET", k}, m.options.read_deadline);
+  status s = m.account(r.error);
+  if (!s.ok()) return {std::move(s), std::nullopt};
+  if (r.value.type == reply::kind::string) return {{}, std::move(r.value.str)};
+  if (r.value.type == reply::kind::nil) return {};
+  return {status::layer_error(m.info.name, errc::internal, "unexpected reply type to GET"), {}};
+}
+
+std::vector<byte_read> redis_layer::get_many(std::span<const std::string> keys) {
+  impl& m = *impl_;
+  std::vector<byte_read> out(keys.size());
+  if (keys.empty()) return out;
+  if (!m.breaker->allow(steady_ms())) {
+    for (auto& r : out) r.error = m.refused();
+    return out;
+  }
+  std::vector<std::string> full;
+  full.reserve(keys.size());
+  for (const auto& k : keys) full.push_back(m.full_key(k));
+  std::vector<std::string_view> argv;
+  argv.reserve(keys.size() + 1);
+  argv.emplace_back("MGET");
+  for (const auto& k : full) argv.emplace_back(k);
+  result r = m.client->execute(argv, m.options.read_deadline);
+  status s = m.account(r.error);
+  if (s.ok() && (r.value.type != reply::kind::array || r.value.elements.size() != keys.size())) {
+    s = status::layer_error(m.info.name, errc::internal, "unexpected reply to MGET");
+  }
+  if (!s.ok()) {
+    for (auto& o : out) o.error = s;
+    return out;
+  }
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    reply& e = r.value.elements[i];
+    if (e.type == reply::kind::string) out[i].bytes = std::move(e.str);
+  }
+  return out;
+}
+
+status redis_layer::set(std::string_view key, std::string_view bytes, unix_ms expires_at_ms) {
+  const byte_write w{key, bytes, expires_at_ms};
+  return set_many(std::span<const byte_write>(&w, 1));
+}
+
+status redis_layer::set_many(std::span<const byte_write> writes) {
+  impl& m = *impl_;
+  if (writes.empty()) return {};
+  if (!m.breaker->allow(steady_ms())) return m.refused();
+  std::vector<std::vector<std::string>> commands;
+  commands.reserve(writes.size());
+  status oversize;
+  for (const auto& w : writes) {
+    std::string k = m.full_key(w.key);
+    const std::int64_t px = m.px_for(w.expires_at_ms);
+    if (w.bytes.size() > m.options.max_value_bytes) {
+      oversize.update(status::layer_error(
+          m.info.name, errc::resource_exhausted,
+          "value of " + std::to_string(w.bytes.size()) + " bytes for key '" + std::string(w.key) +
+              "' exceeds max_value_bytes (" + std::to_string(m.options.max_value_bytes) + ")"));
+      // Not storing must not leave an older value behind.
+      commands.push_back({"DEL", std::move(k)});
+    } else if (w.expires_at_ms != 0 && px <= 0) {
+      commands.push_back({"DEL", std::move(k)});  // already expired: nothing to keep
+    } else if (px > 0) {
+      commands.push_back({"SET", std::move(k), std::string(w.bytes), "PX", std::to_string(px)});
+    } else {
+      commands.push_back({"SET", std::move(k), std::string(w.bytes)});
+    }
+  }
+  std::vector<result> results = m.client->execute_pipeline(commands, m.options.write_deadline);
+  status transport;
+  for (const auto& r : results) {
+    if (!r.error.ok()) {
+      transport = r.error;
+      break;
+    }
+  }
+  status out = m.account(transport);
+  out.update(oversize);
+  return out;
+}
+
+status redis_layer::del(std::string_view key) {
+  impl& m = *impl_;
+  if (!m.breaker->allow(steady_ms())) return m.refused();
+  const std::string k = m.full_key(key);
+  return m.account(m.client->execute({"DEL", k}, m.options.write_deadline).error);
+}
+
+status redis_layer::del_many(std::span<const std::string> keys) {
+  impl& m = *impl_;
+  if (keys.empty()) return {};
+  if (!m.breaker->allow(steady_ms())) return m.refused();
+  std::vector<std::string> full;
+  full.reserve(keys.size());
+  for (const auto& k : keys) full.push_back(m.full_key(k));
+  std::vector<std::string_view> argv;
+  argv.reserve(keys.size() + 1);
+  argv.emplace_back("DEL");
+  for (const auto& k : full) argv.emplace_back(k);
+  return m.account(m.client->execute(argv, m.options.write_deadline).error);
+}
+
+status redis_layer::clear() {
+  impl& m = *impl_;
+  if (!m.breaker->allow(steady_ms())) return m.refused();
+  const std::string pattern = glob_escape(m.options.prefix) + "*";
+  std::string cursor = "0";
+  // SCAN is bounded per call; the loop ends when the cursor wraps to 0 (Redis guarantees it).
+  do {
+    result r = m.client->execute({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"},
+                                 m.options.write_deadline);
+    status s = m.account(r.error);
+    if (!s.ok()) return s;
+    if (r.value.type != reply::kind::array || r.value.elements.size() != 2) {
+      return status::layer_error(m.info.name, errc::internal, "unexpected reply to SCAN");
+    }
+    cursor = r.value.elements[0].str;
+    const auto& keys = r.value.elements[1].elements;
+    if (!keys.empty()) {
+      std::vector<std::string_view> argv;
+      argv.reserve(keys.size() + 1);
+      argv.emplace_back("UNLINK");
+      for (const auto& k : keys) argv.emplace_back(k.str);
+      status u = m.account(m.client->execute(argv, m.options.write_deadline).error);
+      if (!u.ok()) return u;
+    }
+  } while (cursor != "0");
+  return {};
+}
+
+}  // namespace layercache
