@@ -11,6 +11,10 @@ int main(int argc, char** argv) {
                  "Redis URL to use; default: start a throwaway redis-server on a free port");
   layercache::bench::register_hot_path(app, args);
   layercache::bench::register_stampede(app, args);
+#if LAYERCACHE_BENCH_HAS_REDIS
+  layercache::bench::register_l2_hit(app, args);
+  layercache::bench::register_slow_redis(app, args);
+#endif
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

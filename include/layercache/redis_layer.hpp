@@ -15,9 +15,10 @@
 //
 // Failures never throw from reads or writes: they return a status (unavailable, timeout,
 // resource_exhausted for a value over max_value_bytes) and the stack falls through to the next layer
-// or the fetcher. A circuit breaker opens after `breaker_failures` consecutive errors or deadline
-// misses; while open the layer answers "unavailable" at once without touching the network, and
-// after `breaker_open_for` a single probe call decides whether it closes again.
+// or the fetcher. Reads and writes each have a circuit breaker (their deadlines differ: a Redis too
+// slow for reads may still take writes) that opens after `breaker_failures` consecutive errors or
+// deadline misses; while open the layer answers "unavailable" at once without touching the network,
+// and after `breaker_open_for` a single probe call decides whether it closes again.
 //
 // Authentication: with a URL carrying credentials, AUTH (ACL user + password) and SELECT run on
 // every connection. A server that rejects the credentials makes create() throw

@@ -5,7 +5,10 @@
 // breaker (internally locked). Calls run on the caller's thread; the client does the multiplexing.
 // Breaker accounting: transport errors and deadline misses count as failures; a reply, including
 // a nil reply, counts as success; misuse errors (invalid_argument, resource_exhausted) count as
-// neither, because they say nothing about Redis's health.
+// neither, because they say nothing about Redis's health. Reads and writes have separate breakers:
+// their deadlines differ (50 ms vs 200 ms by default), and a Redis slow enough to miss every read
+// deadline but fast enough for writes must still stop costing each miss a full read deadline —
+// with one breaker, the successful background writes would keep resetting it.
 #include "layercache/redis_layer.hpp"
 
 #include <atomic>
@@ -66,7 +69,8 @@ struct redis_layer::impl {
   layer_info info;
   std::shared_ptr<const ::layercache::clock> clock;
   std::unique_ptr<redis_detail::redis_client> client;
-  std::unique_ptr<detail::circuit_breaker> breaker;
+  std::unique_ptr<detail::circuit_breaker> read_breaker;
+  std::unique_ptr<detail::circuit_breaker> write_breaker;
   std::atomic<std::uint64_t> timeouts{0};
 
   // Recursive: the sink may call back into the cache, which may raise another event here.
@@ -90,18 +94,36 @@ struct redis_layer::impl {
                                "circuit breaker open: redis skipped");
   }
 
-  // Feeds the breaker and counters from one outcome; returns the status to report (named).
-  status account(const status& s) {
+  // Feeds a breaker and the counters from one outcome; returns the status to report (named).
+  status account(detail::circuit_breaker& breaker, const status& s) {
     if (s.ok()) {
-      breaker->on_success();
+      breaker.on_success();
       return {};
     }
     const errc code = s.code();
     if (code == errc::timeout) timeouts.fetch_add(1, std::memory_order_relaxed);
     if (code == errc::timeout || code == errc::unavailable || code == errc::internal) {
-      breaker->on_failure(steady_ms());
+      breaker.on_failure(steady_ms());
     }
     return status::layer_error(info.name, code, s.message());
+  }
+  status read_outcome(const status& s) { return account(*read_breaker, s); }
+  status write_outcome(const status& s) { return account(*write_breaker, s); }
+
+  std::unique_ptr<detail::circuit_breaker> make_breaker(std::string_view what) {
+    impl* self = this;
+    const std::string label(what);
+    return std::make_unique<detail::circuit_breaker>(
+        detail::circuit_breaker::options{options.breaker_failures, options.breaker_open_for},
+        [self, label](detail::circuit_breaker::state, detail::circuit_breaker::state to) {
+          using st = detail::circuit_breaker::state;
+          const event_type type = to == st::open        ? event_type::breaker_open
+                                  : to == st::half_open ? event_type::breaker_half_open
+                                                        : event_type::breaker_closed;
+          self->emit(type, "",
+                     status(errc::ok, label + " circuit breaker " +
+                                          std::string(detail::circuit_breaker::name(to))));
+        });
   }
 
   std::int64_t px_for(unix_ms expires_at_ms) const {
@@ -128,17 +150,8 @@ std::shared_ptr<redis_layer> redis_layer::create(redis_layer_options options) {
   co.connections = o.connections;
   co.connect_timeout = o.connect_timeout;
   m->client = redis_detail::make_hiredis_client(co);  // throws for a malformed URL
-  impl* self = m.get();
-  m->breaker = std::make_unique<detail::circuit_breaker>(
-      detail::circuit_breaker::options{o.breaker_failures, o.breaker_open_for},
-      [self](detail::circuit_breaker::state, detail::circuit_breaker::state to) {
-        using st = detail::circuit_breaker::state;
-        const event_type type = to == st::open        ? event_type::breaker_open
-                                : to == st::half_open ? event_type::breaker_half_open
-                                                      : event_type::breaker_closed;
-        self->emit(type, "", status(errc::ok, std::string("circuit breaker ") +
-                                                  std::string(detail::circuit_breaker::name(to))));
-      });
+  m->read_breaker = m->make_breaker("read");
+  m->write_breaker = m->make_breaker("write");
   // Rejected credentials are a configuration error worth failing loudly for; an unreachable
   // server is not (the layer reconnects in the background and reads fall through meanwhile).
   result probe = m->client->execute({"PING"}, o.connect_timeout + o.read_deadline);
@@ -158,16 +171,17 @@ void redis_layer::attach(layer_event_sink sink) {
 
 void redis_layer::contribute_metrics(layer_metrics& out) const {
   out.timeouts = impl_->timeouts.load(std::memory_order_relaxed);
-  out.breaker_opens = impl_->breaker->opens();
-  out.breaker_state = std::string(detail::circuit_breaker::name(impl_->breaker->current()));
+  out.breaker_opens = impl_->read_breaker->opens() + impl_->write_breaker->opens();
+  // The read breaker is what decides whether reads reach Redis, the state a dashboard wants.
+  out.breaker_state = std::string(detail::circuit_breaker::name(impl_->read_breaker->current()));
 }
 
 byte_read redis_layer::get(std::string_view key) {
   impl& m = *impl_;
-  if (!m.breaker->allow(steady_ms())) return {m.refused(), std::nullopt};
+  if (!m.read_breaker->allow(steady_ms())) return {m.refused(), std::nullopt};
   const std::string k = m.full_key(key);
   result r = m.client->execute({"GET", k}, m.options.read_deadline);
-  status s = m.account(r.error);
+  status s = m.read_outcome(r.error);
   if (!s.ok()) return {std::move(s), std::nullopt};
   if (r.value.type == reply::kind::string) return {{}, std::move(r.value.str)};
   if (r.value.type == reply::kind::nil) return {};
@@ -178,7 +192,7 @@ std::vector<byte_read> redis_layer::get_many(std::span<const std::string> keys) 
   impl& m = *impl_;
   std::vector<byte_read> out(keys.size());
   if (keys.empty()) return out;
-  if (!m.breaker->allow(steady_ms())) {
+  if (!m.read_breaker->allow(steady_ms())) {
     for (auto& r : out) r.error = m.refused();
     return out;
   }
@@ -190,7 +204,7 @@ std::vector<byte_read> redis_layer::get_many(std::span<const std::string> keys) 
   argv.emplace_back("MGET");
   for (const auto& k : full) argv.emplace_back(k);
   result r = m.client->execute(argv, m.options.read_deadline);
-  status s = m.account(r.error);
+  status s = m.read_outcome(r.error);
   if (s.ok() && (r.value.type != reply::kind::array || r.value.elements.size() != keys.size())) {
     s = status::layer_error(m.info.name, errc::internal, "unexpected reply to MGET");
   }
@@ -213,7 +227,7 @@ status redis_layer::set(std::string_view key, std::string_view bytes, unix_ms ex
 status redis_layer::set_many(std::span<const byte_write> writes) {
   impl& m = *impl_;
   if (writes.empty()) return {};
-  if (!m.breaker->allow(steady_ms())) return m.refused();
+  if (!m.write_breaker->allow(steady_ms())) return m.refused();
   std::vector<std::vector<std::string>> commands;
   commands.reserve(writes.size());
   status oversize;
@@ -243,22 +257,22 @@ status redis_layer::set_many(std::span<const byte_write> writes) {
       break;
     }
   }
-  status out = m.account(transport);
+  status out = m.write_outcome(transport);
   out.update(oversize);
   return out;
 }
 
 status redis_layer::del(std::string_view key) {
   impl& m = *impl_;
-  if (!m.breaker->allow(steady_ms())) return m.refused();
+  if (!m.write_breaker->allow(steady_ms())) return m.refused();
   const std::string k = m.full_key(key);
-  return m.account(m.client->execute({"DEL", k}, m.options.write_deadline).error);
+  return m.write_outcome(m.client->execute({"DEL", k}, m.options.write_deadline).error);
 }
 
 status redis_layer::del_many(std::span<const std::string> keys) {
   impl& m = *impl_;
   if (keys.empty()) return {};
-  if (!m.breaker->allow(steady_ms())) return m.refused();
+  if (!m.write_breaker->allow(steady_ms())) return m.refused();
   std::vector<std::string> full;
   full.reserve(keys.size());
   for (const auto& k : keys) full.push_back(m.full_key(k));
@@ -266,19 +280,19 @@ status redis_layer::del_many(std::span<const std::string> keys) {
   argv.reserve(keys.size() + 1);
   argv.emplace_back("DEL");
   for (const auto& k : full) argv.emplace_back(k);
-  return m.account(m.client->execute(argv, m.options.write_deadline).error);
+  return m.write_outcome(m.client->execute(argv, m.options.write_deadline).error);
 }
 
 status redis_layer::clear() {
   impl& m = *impl_;
-  if (!m.breaker->allow(steady_ms())) return m.refused();
+  if (!m.write_breaker->allow(steady_ms())) return m.refused();
   const std::string pattern = glob_escape(m.options.prefix) + "*";
   std::string cursor = "0";
   // SCAN is bounded per call; the loop ends when the cursor wraps to 0 (Redis guarantees it).
   do {
     result r = m.client->execute({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"},
                                  m.options.write_deadline);
-    status s = m.account(r.error);
+    status s = m.write_outcome(r.error);
     if (!s.ok()) return s;
     if (r.value.type != reply::kind::array || r.value.elements.size() != 2) {
       return status::layer_error(m.info.name, errc::internal, "unexpected reply to SCAN");
@@ -290,7 +304,7 @@ status redis_layer::clear() {
       argv.reserve(keys.size() + 1);
       argv.emplace_back("UNLINK");
       for (const auto& k : keys) argv.emplace_back(k.str);
-      status u = m.account(m.client->execute(argv, m.options.write_deadline).error);
+      status u = m.write_outcome(m.client->execute(argv, m.options.write_deadline).error);
       if (!u.ok()) return u;
     }
   } while (cursor != "0");
