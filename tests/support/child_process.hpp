@@ -106,7 +106,6 @@ class child_process {
 
  private:
   bool try_reap_locked();  // requires mu_; true once status_ is set
-  void wait_exit_event(std::chrono::steady_clock::duration max_wait) const;
   void read_output();
   void wait_output_eof(std::chrono::milliseconds timeout);
 
