@@ -13,8 +13,8 @@
 //
 // Eviction: FIFO by write time. The store is a sequence of immutable table files in write order;
 // when their total size passes the bound the oldest file is deleted whole. A read does not refresh an
-// entry. Entries also expire: each one carries its absolute expiry, checked on every read (an expired
-// entry is a miss and is deleted), and with a ttl cap whole files older than the cap are deleted.
+// entry. Entries also expire: each one carries its absolute expiry, checked on every read with the
+// layer's clock (an expired entry is a miss and is deleted; its space is reclaimed with its file).
 //
 // Durability: a write returns once it is in RocksDB's write-ahead log in the operating system's page
 // cache. A killed process (SIGKILL, crash) loses nothing that was acknowledged, and never leaves a
@@ -82,8 +82,7 @@ struct disk_layer_options {
   std::size_t block_cache_bytes = 64ull << 20;
   // Name of the layer in statuses, metrics and events. Default "disk". Must not be empty.
   std::string name = "disk";
-  // Time source for expiry. Default (null): default_clock(). Tests install a fake clock. Whole-file
-  // deletion by age (the ttl cap) uses the real clock; it only drops entries already expired.
+  // Time source for expiry. Default (null): default_clock(). Tests install a fake clock.
   std::shared_ptr<const layercache::clock> clock{};
 
   // Throws invalid_argument_error naming the first invalid field and why.

@@ -71,7 +71,11 @@ struct get_options {
   // Bound on waiting for another caller's fetch; unset means stack_options::wait_deadline.
   std::optional<std::chrono::milliseconds> wait_deadline{};
 
-  void validate() const;
+  // Inline because it runs on every get, L1 hits included; the checks run only for set fields.
+  void validate() const {
+    if (ttl || negative_ttl || wait_deadline) validate_fields();
+  }
+  void validate_fields() const;
 };
 
 struct set_options {

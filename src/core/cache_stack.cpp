@@ -60,17 +60,15 @@ struct found_entry {
   std::string bytes;  // the envelope as stored, reused for backfill
 };
 
-// A failed layer status attributed to `l` when the layer did not name itself, so a mutation's
-// status always says which layer failed (cache_stack.hpp).
-status attributed(const layer& l, status s) {
-  if (s.ok() || !s.failures().empty()) return s;
-  std::string message = s.message();  // "<code>: <message>" for an unattributed status
-  const std::string_view prefix = to_string(s.code());
-  if (message.size() > prefix.size() + 1 && message.compare(0, prefix.size(), prefix) == 0 &&
-      message.compare(prefix.size(), 2, ": ") == 0) {
-    message.erase(0, prefix.size() + 2);
+// Adds the failures of `s` to `result`, each layer once: a batch whose keys failed in the same
+// layer reports that layer once (status::failures lists layers, not keys).
+void update_per_layer(status& result, const status& s) {
+  for (const layer_failure& f : s.failures()) {
+    bool listed = false;
+    for (const layer_failure& g : result.failures()) listed = listed || g.layer == f.layer;
+    if (!listed) result.update(status::layer_error(f.layer, f.code, f.message));
   }
-  return status::layer_error(l.info().name, s.code(), std::move(message));
+  if (!s.ok() && s.failures().empty()) result.update(s);
 }
 
 [[noreturn]] void throw_type_mismatch(std::string_view key, const char* held, const char* wanted) {
@@ -164,12 +162,16 @@ struct cache_stack::impl {
   }
 
   void validate_key(std::string_view key) const {
-    if (key.empty()) throw invalid_argument_error("layercache: key must not be empty");
-    if (key.size() > options.max_key_bytes) {
-      throw invalid_argument_error("layercache: key of " + std::to_string(key.size()) +
-                                   " bytes exceeds max_key_bytes (" +
-                                   std::to_string(options.max_key_bytes) + ")");
+    if (key.empty() || key.size() > options.max_key_bytes) [[unlikely]] {
+      throw_bad_key(key.size());
     }
+  }
+
+  [[noreturn]] [[gnu::cold]] void throw_bad_key(std::size_t size) const {
+    if (size == 0) throw invalid_argument_error("layercache: key must not be empty");
+    throw invalid_argument_error("layercache: key of " + std::to_string(size) +
+                                 " bytes exceeds max_key_bytes (" +
+                                 std::to_string(options.max_key_bytes) + ")");
   }
 
   unix_ms expiry_in(const layer_info& info, unix_ms fresh_until, unix_ms now) const {
@@ -273,7 +275,10 @@ struct cache_stack::impl {
   void store(flight* f, std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
              const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until,
              std::size_t upto, const std::string* stored_bytes, unix_ms now) {
-    if (upto > 0) {
+    // A flight invalidated before we queue anything queues nothing: its compensating delete below
+    // would also remove what an invalidating set() queued for the byte layers.
+    const bool stale_already = f != nullptr && flights.invalidated(*f);
+    if (upto > 0 && !stale_already) {
       submit_set(key, hash, ops, value, negative, fresh_until, upto, stored_bytes, now, nullptr);
     }
     auto insert_l1 = [&] {
@@ -291,7 +296,7 @@ struct cache_stack::impl {
       emit(event_type::stale_fill, "", key,
            status(errc::ok, "fetched value not stored: invalidated during the fetch"));
       // Queued after our write, so it undoes it in the byte layers.
-      if (upto > 0) submit_del(key, hash, upto, nullptr);
+      if (upto > 0 && !stale_already) submit_del(key, hash, upto, nullptr);
     }
   }
 
@@ -562,7 +567,7 @@ status cache_stack::set_many_erased(
     if (ticket) tickets.push_back(std::move(ticket));
   }
   status result;
-  for (auto& t : tickets) result.update(t->wait());
+  for (auto& t : tickets) update_per_layer(result, t->wait());
   return result;
 }
 
@@ -590,7 +595,7 @@ status cache_stack::del_many(std::span<const std::string_view> keys) {
     if (ticket) tickets.push_back(std::move(ticket));
   }
   status result;
-  for (auto& t : tickets) result.update(t->wait());
+  for (auto& t : tickets) update_per_layer(result, t->wait());
   return result;
 }
 
@@ -626,7 +631,10 @@ status cache_stack::clear() {
   impl& m = *impl_;
   m.flights.invalidate_all();
   status result;
-  for (auto& l : m.layers) result.update(attributed(*l, l->clear()));
+  // Writes queued before the clear must land before it, or they would resurrect cleared entries
+  // (and read-your-writes would keep serving them meanwhile).
+  if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
+  for (auto& l : m.layers) result.update(detail::attribute_to(*l, l->clear()));
   return result;
 }
 

@@ -38,7 +38,7 @@ void stack_options::validate() const {
   }
 }
 
-void get_options::validate() const {
+void get_options::validate_fields() const {
   if (ttl && ttl->count() <= 0) throw invalid_argument_error("get_options: ttl must be > 0");
   if (negative_ttl && negative_ttl->count() < 0) {
     throw invalid_argument_error("get_options: negative_ttl must be >= 0");

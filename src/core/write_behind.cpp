@@ -149,9 +149,10 @@ void write_behind::execute(std::vector<write_op>& batch) {
       }
     }
     if (!writes.empty()) {
-      status s = writes.size() == 1 ? layers_[j]->set(writes[0].key, writes[0].bytes,
-                                                      writes[0].expires_at_ms)
-                                    : layers_[j]->set_many(writes);
+      status s = attribute_to(*layers_[j],
+                              writes.size() == 1 ? layers_[j]->set(writes[0].key, writes[0].bytes,
+                                                                   writes[0].expires_at_ms)
+                                                 : layers_[j]->set_many(writes));
       if (on_write_) on_write_(j, writes.size());
       if (!s.ok()) {
         if (on_error_) on_error_(j, writes.front().key, s);
@@ -159,7 +160,8 @@ void write_behind::execute(std::vector<write_op>& batch) {
       }
     }
     if (!dels.empty()) {
-      status s = dels.size() == 1 ? layers_[j]->del(dels[0]) : layers_[j]->del_many(dels);
+      status s = attribute_to(*layers_[j], dels.size() == 1 ? layers_[j]->del(dels[0])
+                                                            : layers_[j]->del_many(dels));
       if (!s.ok()) {
         if (on_error_) on_error_(j, dels.front(), s);
         for (std::size_t i : del_idx) result[i].update(s);

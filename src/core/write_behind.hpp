@@ -23,14 +23,30 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "layercache/clock.hpp"
 #include "layercache/layer.hpp"
 
 namespace layercache::detail {
+
+// A failed status attributed to layer `l` when the layer did not name itself, so a status handed
+// to the caller always says which layer failed (cache_stack.hpp: "a status naming the layers that
+// failed"). Ok and already-attributed statuses pass through unchanged.
+inline status attribute_to(const layer& l, status s) {
+  if (s.ok() || !s.failures().empty()) return s;
+  std::string message = s.message();  // "<code>: <message>" for an unattributed status
+  const std::string_view prefix = to_string(s.code());
+  if (message.size() > prefix.size() + 1 && message.compare(0, prefix.size(), prefix) == 0 &&
+      message.compare(prefix.size(), 2, ": ") == 0) {
+    message.erase(0, prefix.size() + 2);
+  }
+  return status::layer_error(l.info().name, s.code(), std::move(message));
+}
 
 // Completion of one op, for callers that wait (write_policy::strict).
 class write_ticket {

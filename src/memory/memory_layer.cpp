@@ -94,7 +94,7 @@ struct alignas(64) shard {
     entry_node** p = &buckets[hash & (buckets.size() - 1)];
     while (*p != nullptr) {
       entry_node* n = *p;
-      if (n->hash == hash && n->key() == key) return p;
+      if (n->hash == hash && detail::keys_equal(n->key(), key)) return p;
       p = &n->hash_next;
     }
     return p;
@@ -231,7 +231,7 @@ bool memory_layer::find(std::string_view key, std::uint64_t hash, hit& out, bool
   impl& m = *impl_;
   const unix_ms now = m.clock->now_ms();
   shard& s = m.shard_for(hash);
-  removal_list expired;
+  entry_node* expired = nullptr;
   bool found = false;
   {
     std::lock_guard lock(s.mu);
@@ -240,7 +240,7 @@ bool memory_layer::find(std::string_view key, std::uint64_t hash, hit& out, bool
     if (n == nullptr) {
       s.misses += record;
     } else if (n->expires_at_ms != 0 && now >= n->expires_at_ms) {
-      expired.add(s.unlink(slot), removal_cause::expired);
+      expired = s.unlink(slot);
       ++s.expirations;
       s.misses += record;
     } else {
@@ -253,7 +253,11 @@ bool memory_layer::find(std::string_view key, std::uint64_t hash, hit& out, bool
       found = true;
     }
   }
-  m.finish(expired);
+  if (expired != nullptr) {
+    removal_list list;
+    list.add(expired, removal_cause::expired);
+    m.finish(list);
+  }
   if (sampled) {
     m.latency.record(static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
