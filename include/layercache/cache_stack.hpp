@@ -39,6 +39,7 @@
 #pragma once
 
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <span>
@@ -56,6 +57,7 @@
 #include "layercache/memory_layer.hpp"
 #include "layercache/metrics.hpp"
 #include "layercache/options.hpp"
+#include "layercache/snapshot.hpp"
 #include "layercache/status.hpp"
 
 namespace layercache {
@@ -221,6 +223,24 @@ class cache_stack {
   // a graceful shutdown that must not lose writes.
   bool flush(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
+  // Writes every live entry of the stack to `path` (snapshot.hpp): L1 entries first (what this
+  // process serves), then entries of byte layers that can enumerate (disk, Redis) not already
+  // written. Never throws for I/O trouble: the result's status says what failed.
+  snapshot_result export_snapshot(const std::filesystem::path& path,
+                                  const snapshot_options& options = {});
+  // Loads a snapshot into every byte layer (strict writes). The L1 fills on first read. A stack
+  // without a byte layer gets errc::invalid_argument: use import_snapshot<T>.
+  snapshot_result import_snapshot(const std::filesystem::path& path,
+                                  const snapshot_options& options = {});
+  // As above, and also decodes the entries holding a T into L1 (entries of other types go to the
+  // byte layers only and are counted in skipped_type).
+  template <class T>
+  snapshot_result import_snapshot(const std::filesystem::path& path,
+                                  const snapshot_options& options = {}) {
+    detail::require_codec<T>();
+    return import_snapshot_erased(path, options, &detail::ops_of<T>());
+  }
+
   // Counters and latency summaries, per layer and for the stack (metrics.hpp).
   metrics_snapshot metrics() const;
 
@@ -250,6 +270,10 @@ class cache_stack {
   status set_many_erased(
       std::span<const std::pair<std::string_view, std::shared_ptr<const void>>> entries,
       const detail::type_ops& ops, const set_options& options);
+
+  snapshot_result import_snapshot_erased(const std::filesystem::path& path,
+                                         const snapshot_options& options,
+                                         const detail::type_ops* ops);
 
   std::unique_ptr<impl> impl_;
   memory_layer* l1_ = nullptr;  // impl_->layers[0] when it is a memory layer

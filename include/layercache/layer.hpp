@@ -105,6 +105,11 @@ class byte_layer : public layer {
   virtual status set(std::string_view key, std::string_view bytes, unix_ms expires_at_ms) = 0;
   // Default: a loop over set().
   virtual status set_many(std::span<const byte_write> writes);
+  // Visits the entries this layer holds for this stack — the key as the stack knows it (without a
+  // layer's own prefix) and the stored envelope — until `visit` returns false. Used by snapshots;
+  // entries written during the scan may or may not be seen. Default: errc::invalid_argument ("this
+  // layer cannot enumerate its entries").
+  virtual status scan(const std::function<bool(std::string_view key, std::string_view bytes)>& visit);
 };
 
 }  // namespace layercache

@@ -109,6 +109,9 @@ class memory_layer final : public layer {
   void insert(std::string_view key, std::uint64_t hash, std::shared_ptr<const void> value,
               const detail::type_ops* ops, bool negative, unix_ms expires_at_ms,
               std::size_t weight);
+  // Visits a copy of every live entry (taken shard by shard, so the visitor runs without locks)
+  // until `visit` returns false. For snapshots.
+  void scan(const std::function<bool(std::string_view key, const hit& entry)>& visit) const;
   // True when a live entry exists; touches neither eviction order nor counters.
   bool contains(std::string_view key, std::uint64_t hash) const;
   // Removes `key`; returns whether it was present.

@@ -21,4 +21,11 @@ status byte_layer::set_many(std::span<const byte_write> writes) {
   return result;
 }
 
+status byte_layer::scan(
+    const std::function<bool(std::string_view key, std::string_view bytes)>& visit) {
+  (void)visit;
+  return status::layer_error(info().name, errc::invalid_argument,
+                             "this layer cannot enumerate its entries");
+}
+
 }  // namespace layercache

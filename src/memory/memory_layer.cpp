@@ -322,6 +322,30 @@ bool memory_layer::erase(std::string_view key, std::uint64_t hash, removal_cause
   return true;
 }
 
+void memory_layer::scan(
+    const std::function<bool(std::string_view key, const hit& entry)>& visit) const {
+  impl& m = *impl_;
+  const unix_ms now = m.clock->now_ms();
+  std::vector<std::pair<std::string, hit>> copy;
+  for (std::size_t i = 0; i < m.shard_count; ++i) {
+    copy.clear();
+    {
+      shard& s = m.shards[i];
+      std::lock_guard lock(s.mu);
+      copy.reserve(s.count);
+      for (entry_node* n : s.buckets) {
+        for (; n != nullptr; n = n->hash_next) {
+          if (n->expires_at_ms != 0 && now >= n->expires_at_ms) continue;
+          copy.emplace_back(std::string(n->key()), hit{n->value, n->ops, n->expires_at_ms, n->negative});
+        }
+      }
+    }
+    for (const auto& [key, entry] : copy) {
+      if (!visit(key, entry)) return;
+    }
+  }
+}
+
 bool memory_layer::contains(std::string_view key, std::uint64_t hash) const {
   impl& m = *impl_;
   const unix_ms now = m.clock->now_ms();
