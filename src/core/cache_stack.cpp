@@ -2,7 +2,10 @@
 //
 // Concurrency: no lock of this file is held across a fetcher call or a layer call, except the
 // single-flight shard lock around the final L1 insert (publish), which takes the memory shard lock
-// inside it (order: flight shard → memory shard, never the reverse).
+// inside it (order: flight shard → memory shard, never the reverse). set/set_many/del make their
+// L1 change and queue their byte-layer op under the key's order stripe (impl::order; order: stripe
+// → memory shard / write queue), so racing mutations of one key leave L1 and the byte layers
+// agreeing on which came last.
 // Invalidation: del/set/clear mark an in-flight fetch stale before touching the layers. A leader
 // writes byte layers first, then publishes to L1 under the flight lock; if the flight was marked
 // stale meanwhile it stores nothing in L1 and deletes what it wrote to byte layers (a compensating
@@ -14,8 +17,10 @@
 #include "layercache/cache_stack.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <unordered_map>
 
 #include "core/histogram.hpp"
@@ -91,8 +96,16 @@ struct cache_stack::impl {
   std::atomic<std::uint64_t> fetches{0}, fetch_errors{0}, dedupes{0}, wait_timeouts{0},
       negative_hits{0}, stale_fills{0};
   detail::latency_histogram fetch_latency;
+  // A mutation's L1 change and its byte-layer op are made under the key's order stripe, so two
+  // mutations of one key racing each other reach L1 and the write queue in the same order;
+  // otherwise L1 could keep one value while the byte layers end with the other, for good.
+  // Recursive: a memory-layer removal callback (on_remove) may mutate the cache from inside.
+  // Held across writer->submit(), which may block on backpressure; nothing else takes it.
+  std::array<std::recursive_mutex, 64> order;
   // Last member: destroyed first, flushing queued writes while the layers still exist.
   std::unique_ptr<detail::write_behind> writer;
+
+  std::recursive_mutex& order_of(std::uint64_t hash) { return order[(hash >> 40) % order.size()]; }
 
   write_policy policy_of(const set_options& o) const { return o.policy.value_or(options.writes); }
 
@@ -110,6 +123,17 @@ struct cache_stack::impl {
                   const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until,
                   std::size_t upto, const std::string* stored_bytes, unix_ms now,
                   std::shared_ptr<detail::write_ticket> ticket) {
+    writer->submit(make_set_op(key, hash, ops, value, negative, fresh_until, upto, stored_bytes,
+                               now, std::move(ticket)));
+  }
+
+  // The op submit_set() queues (encoding happens here, outside any lock of the caller's).
+  detail::write_op make_set_op(std::string_view key, std::uint64_t hash,
+                               const detail::type_ops& ops,
+                               const std::shared_ptr<const void>& value, bool negative,
+                               unix_ms fresh_until, std::size_t upto,
+                               const std::string* stored_bytes, unix_ms now,
+                               std::shared_ptr<detail::write_ticket> ticket) {
     detail::write_op op;
     op.type = detail::write_op::kind::set;
     op.key.assign(key);
@@ -138,7 +162,7 @@ struct cache_stack::impl {
       }
     }
     op.ticket = std::move(ticket);
-    writer->submit(std::move(op));
+    return op;
   }
 
   void submit_del(std::string_view key, std::uint64_t hash, std::size_t upto,
@@ -534,13 +558,23 @@ status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops
   m.flights.invalidate(key, hash);
   const unix_ms now = m.clock->now_ms();
   const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
-  if (m.l1 != nullptr) {
-    m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+  if (m.bytes.empty()) {
+    if (m.l1 != nullptr) {
+      m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+    }
+    return {};
   }
-  if (m.bytes.empty()) return {};
   std::shared_ptr<detail::write_ticket> ticket;
   if (m.policy_of(options) == write_policy::strict) ticket = std::make_shared<detail::write_ticket>();
-  m.submit_set(key, hash, ops, value, false, fresh_until, m.bytes.size(), nullptr, now, ticket);
+  detail::write_op op = m.make_set_op(key, hash, ops, value, false, fresh_until, m.bytes.size(),
+                                      nullptr, now, ticket);
+  {
+    std::lock_guard order(m.order_of(hash));
+    if (m.l1 != nullptr) {
+      m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+    }
+    m.writer->submit(std::move(op));
+  }
   return ticket ? ticket->wait() : status();
 }
 
@@ -557,13 +591,23 @@ status cache_stack::set_many_erased(
   for (const auto& [key, value] : entries) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
-    if (m.l1 != nullptr) {
-      m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+    if (m.bytes.empty()) {
+      if (m.l1 != nullptr) {
+        m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+      }
+      continue;
     }
-    if (m.bytes.empty()) continue;
     // The background writer batches queued sets into one set_many per layer.
     auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
-    m.submit_set(key, hash, ops, value, false, fresh_until, m.bytes.size(), nullptr, now, ticket);
+    detail::write_op op = m.make_set_op(key, hash, ops, value, false, fresh_until,
+                                        m.bytes.size(), nullptr, now, ticket);
+    {
+      std::lock_guard order(m.order_of(hash));
+      if (m.l1 != nullptr) {
+        m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+      }
+      m.writer->submit(std::move(op));
+    }
     if (ticket) tickets.push_back(std::move(ticket));
   }
   status result;
@@ -588,10 +632,16 @@ status cache_stack::del_many(std::span<const std::string_view> keys) {
   for (const auto& key : keys) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
-    if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
-    if (m.bytes.empty()) continue;
+    if (m.bytes.empty()) {
+      if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
+      continue;
+    }
     auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
-    m.submit_del(key, hash, m.bytes.size(), ticket);
+    {
+      std::lock_guard order(m.order_of(hash));
+      if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
+      m.submit_del(key, hash, m.bytes.size(), ticket);
+    }
     if (ticket) tickets.push_back(std::move(ticket));
   }
   status result;

@@ -48,19 +48,23 @@ void write_behind::submit(write_op op) {
     space_cv_.wait(lock, [&] { return queued_.load(std::memory_order_relaxed) < opts_.max_pending; });
     queued_.fetch_add(1, std::memory_order_relaxed);
   }
-  op.seq = seq_.fetch_add(1, std::memory_order_relaxed) + 1;
-  {
-    pending_shard& ps = pending_for(op.hash);
-    std::lock_guard lock(ps.mu);
-    pending_entry& e = ps.map[op.key];
-    e.latest_seq = op.seq;
-    ++e.outstanding;
-    e.kind = op.type == write_op::kind::set ? pending_kind::set : pending_kind::del;
-    e.bytes = op.bytes.empty() ? nullptr : op.bytes.front();
-  }
   queue& q = queues_[op.hash % opts_.threads];
   {
+    // The pending entry and the queue must see a key's ops in the same order: with two threads
+    // submitting the same key, updating pending() under its lock and queueing under another let
+    // pending() report one op as the latest while the other one was queued (and landed) last.
+    // Lock order q.mu -> pending shard mu, as in run()'s shutdown path.
     std::lock_guard lock(q.mu);
+    op.seq = seq_.fetch_add(1, std::memory_order_relaxed) + 1;
+    {
+      pending_shard& ps = pending_for(op.hash);
+      std::lock_guard pending_lock(ps.mu);
+      pending_entry& e = ps.map[op.key];
+      e.latest_seq = op.seq;
+      ++e.outstanding;
+      e.kind = op.type == write_op::kind::set ? pending_kind::set : pending_kind::del;
+      e.bytes = op.bytes.empty() ? nullptr : op.bytes.front();
+    }
     q.ops.push_back(std::move(op));
     ++q.submitted;
   }

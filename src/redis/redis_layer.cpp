@@ -62,6 +62,19 @@ std::string glob_escape(std::string_view s) {
   return out;
 }
 
+// The message of an unattributed client status without its "<code>: " prefix, so that the layer
+// failure built from it reads "redis: timeout: redis: no reply ..." and not "... timeout: timeout:".
+std::string bare_message(const status& s) {
+  std::string m = s.message();
+  if (!s.failures().empty()) return m;
+  const std::string_view code = to_string(s.code());
+  if (m.size() > code.size() + 1 && m.compare(0, code.size(), code) == 0 &&
+      m.compare(code.size(), 2, ": ") == 0) {
+    m.erase(0, code.size() + 2);
+  }
+  return m;
+}
+
 }  // namespace
 
 struct redis_layer::impl {
@@ -105,7 +118,7 @@ struct redis_layer::impl {
     if (code == errc::timeout || code == errc::unavailable || code == errc::internal) {
       breaker.on_failure(steady_ms());
     }
-    return status::layer_error(info.name, code, s.message());
+    return status::layer_error(info.name, code, bare_message(s));
   }
   status read_outcome(const status& s) { return account(*read_breaker, s); }
   status write_outcome(const status& s) { return account(*write_breaker, s); }
@@ -120,9 +133,20 @@ struct redis_layer::impl {
           const event_type type = to == st::open        ? event_type::breaker_open
                                   : to == st::half_open ? event_type::breaker_half_open
                                                         : event_type::breaker_closed;
+          // An ok status carries no message, so the open and half-open details are failures
+          // (the layer is skipped: unavailable) that say which breaker moved; closed is ok.
+          const std::string text = label + " circuit breaker " +
+                                   std::string(detail::circuit_breaker::name(to));
           self->emit(type, "",
-                     status(errc::ok, label + " circuit breaker " +
-                                          std::string(detail::circuit_breaker::name(to))));
+                     to == st::closed
+                         ? status()
+                         : status::layer_error(
+                               self->info.name, errc::unavailable,
+                               to == st::open
+                                   ? text + ": redis skipped for " +
+                                         std::to_string(self->options.breaker_open_for.count()) +
+                                         " ms"
+                                   : text + ": one probe let through"));
         });
   }
 
@@ -156,7 +180,7 @@ std::shared_ptr<redis_layer> redis_layer::create(redis_layer_options options) {
   // server is not (the layer reconnects in the background and reads fall through meanwhile).
   result probe = m->client->execute({"PING"}, o.connect_timeout + o.read_deadline);
   if (!probe.error.ok() && probe.error.code() == errc::invalid_argument) {
-    throw invalid_argument_error("redis_layer: " + probe.error.message());
+    throw invalid_argument_error(bare_message(probe.error));
   }
   return std::shared_ptr<redis_layer>(new redis_layer(std::move(m)));
 }
