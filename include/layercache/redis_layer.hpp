@@ -90,6 +90,8 @@ class redis_layer final : public byte_layer {
   status del(std::string_view key) override;
   status del_many(std::span<const std::string> keys) override;
   status clear() override;
+  // SCAN over the prefix plus MGET per batch; keys are returned without the prefix.
+  status scan(const std::function<bool(std::string_view key, std::string_view bytes)>& visit) override;
   void attach(layer_event_sink sink) override;
   void contribute_metrics(layer_metrics& out) const override;
 

@@ -335,4 +335,41 @@ status redis_layer::clear() {
   return {};
 }
 
+status redis_layer::scan(
+    const std::function<bool(std::string_view key, std::string_view bytes)>& visit) {
+  impl& m = *impl_;
+  if (!m.read_breaker->allow(steady_ms())) return m.refused();
+  const std::string pattern = glob_escape(m.options.prefix) + "*";
+  std::string cursor = "0";
+  do {
+    result r = m.client->execute({"SCAN", cursor, "MATCH", pattern, "COUNT", "500"},
+                                 m.options.write_deadline);
+    status s = m.read_outcome(r.error);
+    if (!s.ok()) return s;
+    if (r.value.type != reply::kind::array || r.value.elements.size() != 2) {
+      return status::layer_error(m.info.name, errc::internal, "unexpected reply to SCAN");
+    }
+    cursor = r.value.elements[0].str;
+    const auto& keys = r.value.elements[1].elements;
+    if (keys.empty()) continue;
+    std::vector<std::string_view> argv;
+    argv.reserve(keys.size() + 1);
+    argv.emplace_back("MGET");
+    for (const auto& k : keys) argv.emplace_back(k.str);
+    result values = m.client->execute(argv, m.options.write_deadline);
+    status v = m.read_outcome(values.error);
+    if (!v.ok()) return v;
+    if (values.value.type != reply::kind::array || values.value.elements.size() != keys.size()) {
+      return status::layer_error(m.info.name, errc::internal, "unexpected reply to MGET");
+    }
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      const reply& e = values.value.elements[i];
+      if (e.type != reply::kind::string) continue;  // deleted between SCAN and MGET
+      const std::string_view key = std::string_view(keys[i].str).substr(m.options.prefix.size());
+      if (!visit(key, e.str)) return {};
+    }
+  } while (cursor != "0");
+  return {};
+}
+
 }  // namespace layercache
