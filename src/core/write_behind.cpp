@@ -105,7 +105,13 @@ void write_behind::run(std::stop_token stop, queue& q) {
         while (!q.ops.empty()) {
           write_op op = std::move(q.ops.front());
           q.ops.pop_front();
-          if (op.ticket) op.ticket->complete(status(errc::unavailable, "write dropped at shutdown"));
+          const status lost(errc::unavailable, "write dropped at shutdown: the flush timeout passed");
+          if (op.ticket) op.ticket->complete(lost);
+          // Reported per layer like any failed write, so a dropped write is observable (the
+          // counter dies with the stack).
+          if (on_error_) {
+            for (std::size_t j = 0; j < op.upto; ++j) on_error_(j, op.key, lost);
+          }
           dropped_.fetch_add(1, std::memory_order_relaxed);
           queued_.fetch_sub(1, std::memory_order_relaxed);
           retire(op);

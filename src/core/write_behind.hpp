@@ -10,7 +10,8 @@
 // Backpressure: submit() blocks while `max_pending` ops are queued (dropping a delete would leave a
 // stale value behind, so nothing is dropped while the stack lives).
 // Shutdown: the destructor waits up to `flush_timeout` for the queues to drain, then stops the
-// workers; ops still queued then are dropped and counted (`dropped`).
+// workers; ops still queued then are dropped, counted (`dropped`) and reported through the error
+// sink as an `unavailable` failure of each layer they were meant for.
 // Invariants: an op's ticket, if any, is completed exactly once (after it ran, or when dropped).
 #pragma once
 
