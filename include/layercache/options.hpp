@@ -55,9 +55,8 @@ struct stack_options {
   // Background writes queued at most; a mutation blocks while the queue is full (nothing is
   // dropped while the stack lives). Must be >= 1. Default 65,536.
   std::size_t max_pending_writes = 65'536;
-  // How long the destructor waits for queued background writes to reach their layers; what is left
-  // after it is dropped (and counted in metrics before destruction cannot be observed, so keep it
-  // generous). Default 2 s.
+  // How long the destructor waits for queued background writes to reach their layers; each write
+  // still queued after it is dropped and reported as a layer_error event. Default 2 s.
   std::chrono::milliseconds shutdown_flush_timeout = std::chrono::seconds(2);
 
   void validate() const;
