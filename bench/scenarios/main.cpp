@@ -15,6 +15,9 @@ int main(int argc, char** argv) {
   layercache::bench::register_l2_hit(app, args);
   layercache::bench::register_slow_redis(app, args);
 #endif
+#if LAYERCACHE_BENCH_HAS_DISK
+  layercache::bench::register_disk(app, args);
+#endif
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

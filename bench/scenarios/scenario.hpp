@@ -24,5 +24,8 @@ void register_stampede(CLI::App& app, common_args& args);
 void register_l2_hit(CLI::App& app, common_args& args);
 void register_slow_redis(CLI::App& app, common_args& args);
 #endif
+#if LAYERCACHE_BENCH_HAS_DISK
+void register_disk(CLI::App& app, common_args& args);
+#endif
 
 }  // namespace layercache::bench

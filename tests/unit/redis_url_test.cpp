@@ -1,11 +1,6 @@
 // Unit tests of the redis:// URL parser: every accepted form, every rejected form, and that no
 // message ever shows a password.
-//
-// The unit-test target links only layercache::core (no hiredis), so the parser's translation unit
-// is compiled into this test directly; it depends on nothing but the standard library and
-// layercache/error.hpp. (Once tests/CMakeLists.txt links layercache_redis into the unit tests,
-// replace this include with linking.)
-#include "redis/redis_url.cpp"  // NOLINT(bugprone-suspicious-include)
+#include "redis/redis_url.hpp"
 
 #include <gtest/gtest.h>
 
