@@ -197,7 +197,8 @@ class cache_stack {
     return out;
   }
 
-  // Stores several values; byte layers receive them as one batch each.
+  // Stores several values. Byte-layer writes are queued together and sent in batches (one
+  // set_many per layer for up to 256 queued writes of a background writer thread).
   template <class T>
   status set_many(std::span<const std::pair<std::string, T>> entries,
                   const set_options& options = {}) {
@@ -210,7 +211,8 @@ class cache_stack {
     return set_many_erased(erased, detail::ops_of<T>(), options);
   }
 
-  // Removes several keys; byte layers receive them as one batch each.
+  // Removes several keys. Byte-layer deletes are queued together and sent in batches (one del_many
+  // per layer for up to 256 queued writes of a background writer thread).
   status del_many(std::span<const std::string> keys);
   status del_many(std::span<const std::string_view> keys);
 
