@@ -12,6 +12,10 @@
 //                                                         killed; print each one once acked
 //   layercache_disk_child disk-full <base>                fill a 4 MiB tmpfs, report what fails
 //   layercache_disk_child read-only <base>                make the directory read-only, report
+//   layercache_disk_child stack-write <dir> <count>       write "stack/<i>" = "value-<i>" through a
+//                                                         memory + disk cache_stack, exit 0
+//   layercache_disk_child open <dir>                      try to open, print "opened=yes" or
+//                                                         "code=..." and "error=<message>"
 //
 // Exit codes: 0 done, 1 unexpected failure (message on stderr), 2 usage, 77 the mount-namespace
 // modes cannot run here (no CAP_SYS_ADMIN): the test skips.
@@ -35,8 +39,10 @@
 #include <vector>
 
 #include "disk_helper/verified_value.hpp"
+#include "layercache/cache_stack.hpp"
 #include "layercache/disk_layer.hpp"
 #include "layercache/error.hpp"
+#include "layercache/memory_layer.hpp"
 
 namespace {
 
@@ -96,6 +102,42 @@ int crash_writer(const std::string& dir, std::uint64_t seed, std::uint64_t key_s
     const lc::status s = layer->set(vv::key_for(i, key_space), vv::make_value(i, seed), 0);
     if (!s.ok()) fail("set failed: " + s.message());
     say(std::to_string(i));
+  }
+  return 0;
+}
+
+// Writes `count` entries through a memory + disk stack with a 10 min lifetime, as an application
+// would: even i read-through (the fetcher's value is stored), odd i with set. Flushes the queued
+// disk writes (a graceful shutdown), reports what the stack counted, and exits normally.
+int stack_write(const std::string& dir, std::uint64_t count) {
+  auto disk = lc::disk_layer::create({.directory = dir});
+  lc::cache_stack cache({lc::memory_layer::create({}), disk}, {.ttl = 10min});
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const std::string key = "stack/" + std::to_string(i);
+    std::string value = "value-" + std::to_string(i);
+    if (i % 2 == 0) {
+      (void)cache.get<std::string>(key, [&] { return value; });
+    } else if (const lc::status s = cache.set<std::string>(key, value); !s.ok()) {
+      fail("set failed: " + s.message());
+    }
+  }
+  if (!cache.flush(30s)) fail("queued disk writes did not land within 30 s");
+  const lc::metrics_snapshot m = cache.metrics();
+  say("fetches=" + std::to_string(m.fetches));
+  say("disk_writes=" + std::to_string(m.layers.at(1).writes));
+  say("disk_errors=" + std::to_string(m.layers.at(1).errors));
+  say("done=" + std::to_string(count));
+  return 0;
+}
+
+// Tries to open `dir` and reports the outcome (the test asserts on the error message).
+int try_open(const std::string& dir) {
+  try {
+    auto layer = lc::disk_layer::create({.directory = dir});
+    say("opened=yes");
+  } catch (const lc::error& e) {
+    say("code=" + std::string(lc::to_string(e.code())));
+    say("error=" + std::string(e.what()));
   }
   return 0;
 }
@@ -207,6 +249,8 @@ int main(int argc, char** argv) {
     }
     if (args.size() == 2 && args[0] == "disk-full") return disk_full(argv[2]);
     if (args.size() == 2 && args[0] == "read-only") return read_only(argv[2]);
+    if (args.size() == 3 && args[0] == "stack-write") return stack_write(argv[2], number(argv[3]));
+    if (args.size() == 2 && args[0] == "open") return try_open(argv[2]);
   } catch (const std::exception& e) {
     fail(std::string("exception: ") + e.what());
   }
