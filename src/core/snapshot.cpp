@@ -69,8 +69,12 @@ status write_atomically(const std::filesystem::path& path, const std::string& da
     }
     written += static_cast<std::size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int err = errno;
+  // Close even when fsync failed: the descriptor must not leak.
+  const int sync_rc = ::fsync(fd);
+  const int sync_err = errno;
+  const int close_rc = ::close(fd);
+  if (sync_rc != 0 || close_rc != 0) {
+    const int err = sync_rc != 0 ? sync_err : errno;
     ::unlink(tmp.c_str());
     return io_error("snapshot: cannot sync", tmp, err);
   }
