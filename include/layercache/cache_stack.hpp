@@ -225,13 +225,17 @@ class cache_stack {
   // a graceful shutdown that must not lose writes.
   bool flush(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
-  // Writes every live entry of the stack to `path` (snapshot.hpp): L1 entries first (what this
-  // process serves), then entries of byte layers that can enumerate (disk, Redis) not already
-  // written. Never throws for I/O trouble: the result's status says what failed.
+  // Writes every live entry of the stack to `path` (snapshot.hpp), after flushing queued writes:
+  // the entries of byte layers that can enumerate (disk, Redis; the nearest layer's copy of a key)
+  // and L1's. Where L1 holds a different value than the byte layers, L1's wins (it is what this
+  // process serves); where they agree, the byte layer's envelope is written, since it carries the
+  // full remaining lifetime (L1's expiry is capped by the memory layer's ttl). Never throws for I/O
+  // trouble: the result's status says what failed.
   snapshot_result export_snapshot(const std::filesystem::path& path,
                                   const snapshot_options& options = {});
-  // Loads a snapshot into every byte layer (strict writes). The L1 fills on first read. A stack
-  // without a byte layer gets errc::invalid_argument: use import_snapshot<T>.
+  // Loads a snapshot into every byte layer (direct batched writes, after flushing queued ones). The
+  // L1 fills on first read; values L1 already holds for imported keys stay until they expire or are
+  // invalidated. A stack without a byte layer gets errc::invalid_argument: use import_snapshot<T>.
   snapshot_result import_snapshot(const std::filesystem::path& path,
                                   const snapshot_options& options = {});
   // As above, and also decodes the entries holding a T into L1 (entries of other types go to the

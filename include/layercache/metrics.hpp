@@ -31,7 +31,7 @@ struct layer_metrics {
   std::uint64_t hits = 0;
   std::uint64_t misses = 0;
   std::uint64_t errors = 0;          // failed reads or writes (backend trouble, corrupt bytes)
-  std::uint64_t writes = 0;
+  std::uint64_t writes = 0;          // successful writes (byte layers: entries written)
   std::uint64_t evictions = 0;       // removed by the size policy (memory layer)
   std::uint64_t expirations = 0;     // found expired and dropped
   std::uint64_t entries = 0;         // resident now (memory layer; 0 where unknown)

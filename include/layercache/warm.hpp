@@ -9,7 +9,8 @@
 // Items are taken in descending priority (ties keep their order) by `concurrency` threads; each
 // item is a cache.get (so keys already cached cost nothing, and concurrent requests for the same key
 // share the fetch). A fetcher that throws marks that item failed; warming goes on.
-// on_progress is called after each item, from the warming threads, one call at a time.
+// on_progress is called after each item, from the warming threads, one call at a time; an
+// exception it throws is caught and ignored.
 //
 // Thread-safety: warm() may run concurrently with any other use of the cache.
 #pragma once
@@ -86,7 +87,13 @@ warm_progress warm(cache_stack& cache, std::vector<warm_item> items, Fetcher&& f
       } else {
         ++totals.cached;
       }
-      if (options.on_progress) options.on_progress(totals);
+      if (options.on_progress) {
+        try {
+          options.on_progress(totals);
+        } catch (...) {
+          // A throwing progress callback must not end the process from a worker thread.
+        }
+      }
     }
   };
   const std::size_t threads = std::min(options.concurrency, std::max<std::size_t>(1, items.size()));

@@ -14,7 +14,7 @@
 #include <cstring>
 #include <fstream>
 #include <random>
-#include <unordered_set>
+#include <unordered_map>
 
 #include "core/crc32c.hpp"
 #include "layercache/cache_stack.hpp"
@@ -172,7 +172,6 @@ snapshot_result cache_stack::export_snapshot(const std::filesystem::path& path,
   data.append(snapshot_magic, sizeof snapshot_magic);
   put<std::uint16_t>(data, snapshot_version);
   put<std::int64_t>(data, now);
-  std::unordered_set<std::string> seen;
   bool too_big = false;
   auto add = [&](std::string_view key, std::string_view envelope) {
     if (data.size() + 8 + key.size() + envelope.size() + trailer_size > options.max_bytes) {
@@ -183,13 +182,60 @@ snapshot_result cache_stack::export_snapshot(const std::filesystem::path& path,
     data.append(key);
     put<std::uint32_t>(data, static_cast<std::uint32_t>(envelope.size()));
     data.append(envelope);
-    seen.emplace(key);
     ++result.stats.entries;
     return true;
   };
 
-  if (l1_ != nullptr) {
+  // Queued writes first, so the byte layers hold what this process wrote.
+  (void)flush(this->options().shutdown_flush_timeout);
+
+  // Byte layers' entries, nearest layer first for a key. They carry the full remaining lifetime,
+  // where an L1 entry's expiry is capped by the memory layer's ttl.
+  std::vector<std::pair<std::string, std::string>> stored;
+  std::unordered_map<std::string_view, std::size_t> stored_at;
+  std::uint64_t stored_bytes = 0;
+  for (byte_layer* b : byte_layers_of(layers())) {
+    status s = b->scan([&](std::string_view key, std::string_view envelope) {
+      detail::envelope_header h;
+      if (!detail::peek_envelope_header(envelope, h).ok()) return true;  // corrupt: not exported
+      if (h.fresh_until_ms <= now) {
+        ++result.stats.skipped_expired;
+        return true;
+      }
+      if (stored_at.count(key) != 0) return true;  // a nearer layer already gave this key
+      stored_bytes += key.size() + envelope.size();
+      if (stored_bytes > options.max_bytes) {
+        too_big = true;
+        return false;
+      }
+      stored.emplace_back(std::string(key), std::string(envelope));
+      stored_at.emplace(stored.back().first, stored.size() - 1);
+      return true;
+    });
+    // A layer that cannot enumerate (or failed mid-way) leaves the snapshot with what the others
+    // had; the status says so.
+    if (!s.ok() && s.code() != errc::invalid_argument) result.error.update(s);
+    if (too_big) break;
+  }
+  // stored_at's keys view into `stored`, which must not reallocate from here on.
+
+  // L1 decides the value (it is what this process serves); when a byte layer holds the same value,
+  // its envelope is exported so the entry keeps its full lifetime.
+  std::vector<bool> used(stored.size(), false);
+  if (l1_ != nullptr && !too_big) {
     l1_->scan([&](std::string_view key, const memory_layer::hit& h) {
+      std::string payload;
+      if (!h.negative) h.ops->encode(h.value.get(), payload);
+      if (auto it = stored_at.find(key); it != stored_at.end()) {
+        detail::decoded_envelope env;
+        const std::string& bytes_stored = stored[it->second].second;
+        if (detail::decode_envelope(bytes_stored, env).ok() && env.header.negative == h.negative &&
+            env.header.type_fingerprint == h.ops->fingerprint && env.payload == payload) {
+          used[it->second] = true;
+          return add(key, bytes_stored);
+        }
+        used[it->second] = true;  // L1 differs (the byte layer fell behind): L1 wins
+      }
       detail::envelope_header header;
       header.fresh_until_ms = h.expires_at_ms != 0 ? h.expires_at_ms
                                                    : now + this->options().ttl.count();
@@ -198,26 +244,11 @@ snapshot_result cache_stack::export_snapshot(const std::filesystem::path& path,
       header.type_fingerprint = h.ops->fingerprint;
       header.codec = h.ops->codec;
       header.negative = h.negative;
-      std::string payload;
-      if (!h.negative) h.ops->encode(h.value.get(), payload);
       return add(key, detail::encode_envelope(header, {}, payload));
     });
   }
-  for (byte_layer* b : byte_layers_of(layers())) {
-    if (too_big) break;
-    status s = b->scan([&](std::string_view key, std::string_view envelope) {
-      if (seen.count(std::string(key)) != 0) return true;
-      detail::envelope_header h;
-      if (!detail::peek_envelope_header(envelope, h).ok()) return true;  // corrupt: not exported
-      if (h.fresh_until_ms <= now) {
-        ++result.stats.skipped_expired;
-        return true;
-      }
-      return add(key, envelope);
-    });
-    // A layer that cannot enumerate (or failed mid-way) leaves the snapshot with what the others
-    // had; the status says so.
-    if (!s.ok() && s.code() != errc::invalid_argument) result.error.update(s);
+  for (std::size_t i = 0; i < stored.size() && !too_big; ++i) {
+    if (!used[i] && !add(stored[i].first, stored[i].second)) break;
   }
   if (too_big) {
     result.error = status(errc::resource_exhausted,
@@ -248,6 +279,8 @@ snapshot_result cache_stack::import_snapshot_erased(const std::filesystem::path&
                           "import_snapshot: the stack has no byte layer; use import_snapshot<T>");
     return result;
   }
+  // Writes queued before the import must not land on top of it.
+  (void)flush(this->options().shutdown_flush_timeout);
   std::string data;
   std::vector<parsed_entry> entries;
   result.error = read_snapshot(path, options, data, entries);

@@ -163,7 +163,7 @@ void write_behind::execute(std::vector<write_op>& batch) {
                               writes.size() == 1 ? layers_[j]->set(writes[0].key, writes[0].bytes,
                                                                    writes[0].expires_at_ms)
                                                  : layers_[j]->set_many(writes));
-      if (on_write_) on_write_(j, writes.size());
+      if (s.ok() && on_write_) on_write_(j, writes.size());
       if (!s.ok()) {
         if (on_error_) on_error_(j, writes.front().key, s);
         for (std::size_t i : set_idx) result[i].update(s);

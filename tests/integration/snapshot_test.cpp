@@ -413,6 +413,28 @@ TEST_F(DiskSnapshotTest, ExportHoldsL1AndDiskEntriesOnceEachAndL1Wins) {
   EXPECT_EQ(*target.get<std::string>("both", no_fetch()), "b");
 }
 
+TEST_F(DiskSnapshotTest, ExportKeepsTheFullLifetimeWhenL1AndDiskAgree) {
+  // L1 caps lifetimes at 30 s; the disk keeps the entry's own 10 min. The snapshot must carry the
+  // 10 min, or a restart would lose entries the disk would have served.
+  cache_stack cache({memory_layer::create({.ttl = 30s, .clock = clock_}), disk("db")},
+                    {.clock = clock_});
+  ASSERT_TRUE(cache.set<std::string>("k", "v", {.ttl = 10min}).ok());
+  ASSERT_TRUE(cache.flush());
+  const snapshot_result out = cache.export_snapshot(path_);
+  ASSERT_TRUE(out.error.ok()) << out.error.message();
+  ASSERT_EQ(out.stats.entries, 1u);
+
+  clock_->advance(5min);
+  cache_stack target({disk("target")}, {.clock = clock_});
+  const snapshot_result in = target.import_snapshot(path_);
+  ASSERT_TRUE(in.error.ok()) << in.error.message();
+  EXPECT_TRUE(target.has("k"));
+  clock_->advance(5min - 1ms);
+  EXPECT_TRUE(target.has("k"));
+  clock_->advance(1ms);
+  EXPECT_FALSE(target.has("k"));
+}
+
 TEST_F(DiskSnapshotTest, ExportSkipsAndCountsEntriesTheDiskStillHoldsPastTheirExpiry) {
   // The disk keeps time with its own clock, which lags the stack's: it still holds entries the
   // stack considers expired.
