@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <random>
 #include <unordered_map>
@@ -191,7 +192,8 @@ snapshot_result cache_stack::export_snapshot(const std::filesystem::path& path,
 
   // Byte layers' entries, nearest layer first for a key. They carry the full remaining lifetime,
   // where an L1 entry's expiry is capped by the memory layer's ttl.
-  std::vector<std::pair<std::string, std::string>> stored;
+  // A deque never moves its elements, so stored_at's views of the keys stay valid while it grows.
+  std::deque<std::pair<std::string, std::string>> stored;
   std::unordered_map<std::string_view, std::size_t> stored_at;
   std::uint64_t stored_bytes = 0;
   for (byte_layer* b : byte_layers_of(layers())) {
@@ -217,7 +219,6 @@ snapshot_result cache_stack::export_snapshot(const std::filesystem::path& path,
     if (!s.ok() && s.code() != errc::invalid_argument) result.error.update(s);
     if (too_big) break;
   }
-  // stored_at's keys view into `stored`, which must not reallocate from here on.
 
   // L1 decides the value (it is what this process serves); when a byte layer holds the same value,
   // its envelope is exported so the entry keeps its full lifetime.
