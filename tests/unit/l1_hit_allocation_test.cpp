@@ -50,6 +50,10 @@ void* counted_aligned_alloc(std::size_t n, std::align_val_t al) noexcept {
 }
 }  // namespace
 
+// These replacements pair malloc with free by design; GCC 12 at -O2+ inlines them into callers
+// and then reports the (intended) new/free pairing as -Wmismatched-new-delete.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void* operator new(std::size_t n) {
   if (void* p = counted_alloc(n)) return p;
   throw std::bad_alloc();
@@ -86,6 +90,7 @@ void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::fre
 void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
 void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
 
 #endif  // LAYERCACHE_TEST_COUNT_ALLOCATIONS
 
