@@ -30,6 +30,7 @@ struct entry_node {
   std::uint32_t weight = 0;  // charged against max_bytes
   std::uint32_t stamp = 0;   // policy-defined (recency tick of the last move)
   std::uint8_t segment = 0;  // policy-defined
+  bool referenced = false;   // policy-defined (second-chance bit)
   bool negative = false;
 
   std::string_view key() const noexcept {

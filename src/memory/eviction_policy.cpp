@@ -61,7 +61,8 @@ class recency {
   std::uint32_t window_;
 };
 
-class lru_policy final : public eviction_policy {
+// Aligned so the policies of different shards (their list heads) never share a cache line.
+class alignas(64) lru_policy final : public eviction_policy {
  public:
   explicit lru_policy(std::size_t capacity) : recency_(capacity) {}
   void on_insert(entry_node* n) noexcept override {
@@ -84,32 +85,39 @@ class lru_policy final : public eviction_policy {
 // Segmented LRU (Karedla et al. 1994): probation holds entries seen once, protected those hit
 // again. Protected is bounded; its overflow is demoted to probation's front, not evicted, so a hot
 // entry gets a second chance. Victims come from probation's tail first.
-class slru_policy final : public eviction_policy {
+//
+// Inside protected, recency is kept CLOCK-style (second chance) rather than by moving nodes: a hit
+// only sets the node's `referenced` bit (and only if it is clear), so the L1 hit path writes no list
+// pointers and no shared list head — under uniform access an exact LRU would splice on nearly every
+// hit, touching two neighbour nodes and the head, which both costs cache misses and makes two
+// threads contend on lines they never meant to share. When protected overflows (or must give up a
+// victim), its tail is examined: a referenced node has its bit cleared and goes back to the front;
+// the first unreferenced one is demoted. Each step clears a bit, so a sweep is bounded by the
+// segment's size and amortised O(1).
+class alignas(64) slru_policy final : public eviction_policy {
   static constexpr std::uint8_t probation = 0;
   static constexpr std::uint8_t protected_segment = 1;
 
  public:
   explicit slru_policy(std::size_t protected_capacity)
-      : protected_capacity_(protected_capacity == 0 ? 1 : protected_capacity),
-        recency_(protected_capacity_) {}
+      : protected_capacity_(protected_capacity == 0 ? 1 : protected_capacity) {}
 
   void on_insert(entry_node* n) noexcept override {
     n->segment = probation;
+    n->referenced = false;
     probation_.push_front(n);
   }
   void on_access(entry_node* n) noexcept override {
     if (n->segment == protected_segment) {
-      if (recency_.near_front(n)) return;
-      protected_.move_to_front(n);
-      recency_.stamp(n);
+      if (!n->referenced) n->referenced = true;
       return;
     }
     probation_.unlink(n);
     n->segment = protected_segment;
+    n->referenced = false;
     protected_.push_front(n);
-    recency_.stamp(n);
     if (protected_.size() > protected_capacity_) {
-      entry_node* demoted = protected_.back();
+      entry_node* demoted = protected_unreferenced_tail();
       protected_.unlink(demoted);
       demoted->segment = probation;
       probation_.push_front(demoted);
@@ -120,12 +128,22 @@ class slru_policy final : public eviction_policy {
   }
   entry_node* victim() noexcept override {
     entry_node* v = probation_.back();
-    return v != nullptr ? v : protected_.back();
+    if (v != nullptr) return v;
+    return protected_.empty() ? nullptr : protected_unreferenced_tail();
   }
 
  private:
+  // Gives referenced tail nodes their second chance; returns the first unreferenced tail.
+  entry_node* protected_unreferenced_tail() noexcept {
+    for (;;) {
+      entry_node* t = protected_.back();
+      if (!t->referenced) return t;
+      t->referenced = false;
+      protected_.move_to_front(t);
+    }
+  }
+
   std::size_t protected_capacity_;
-  recency recency_;  // of the protected segment; probation entries move only when promoted
   node_list probation_;
   node_list protected_;
 };
