@@ -3,6 +3,7 @@
 // many concurrent callers, deadlines on a blackholed or paused network, server death and restart,
 // connection resets, authentication, SELECT, async commands and shutdown. Every wait is bounded and
 // waits for a condition; timing assertions allow slack (more under sanitizers).
+#include "support/await.hpp"
 #include "redis/redis_client.hpp"
 
 #include <gtest/gtest.h>
@@ -45,18 +46,7 @@ constexpr auto k_slack = 400ms;  // sanitizers slow everything down, the schedul
 constexpr auto k_slack = 150ms;  // a loaded 2-core CI machine still wakes us within this
 #endif
 
-// Polls `condition` with a short backoff until it holds or `timeout` passed.
-template <class Condition>
-bool eventually(Condition condition, std::chrono::milliseconds timeout = 5s) {
-  const auto deadline = steady::now() + timeout;
-  auto backoff = 1ms;
-  for (;;) {
-    if (condition()) return true;
-    if (steady::now() >= deadline) return false;
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, 20ms);
-  }
-}
+using layercache::test::eventually;
 
 client_options options_for(const std::string& url) {
   client_options o;

@@ -32,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "support/await.hpp"
 #include "layercache/cache_stack.hpp"
 #include "layercache/detail/hash.hpp"
 #include "layercache/error.hpp"
@@ -58,17 +59,7 @@ constexpr ms k_sanitizer_slack = k_sanitized ? 150ms : 0ms;
 
 constexpr auto k_bound = 10s;  // upper bound of every wait; a test that reaches it has failed
 
-template <class Condition>
-bool eventually(Condition condition, ms timeout = k_bound) {
-  const auto deadline = steady::now() + timeout;
-  auto backoff = 1ms;
-  for (;;) {
-    if (condition()) return true;
-    if (steady::now() >= deadline) return false;
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, 10ms);
-  }
-}
+using layercache::test::eventually;
 
 ms since(steady::time_point start) {
   return std::chrono::duration_cast<ms>(steady::now() - start);

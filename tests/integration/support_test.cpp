@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/await.hpp"
 #include "support/child_process.hpp"
 #include "support/free_port.hpp"
 #include "support/redis_server.hpp"
@@ -35,18 +36,7 @@ using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 using steady = std::chrono::steady_clock;
 
-// Polls `condition` with a short backoff until it holds or `timeout` passed.
-template <class Condition>
-bool eventually(Condition condition, std::chrono::milliseconds timeout = 5s) {
-  const auto deadline = steady::now() + timeout;
-  auto backoff = 1ms;
-  for (;;) {
-    if (condition()) return true;
-    if (steady::now() >= deadline) return false;
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, 20ms);
-  }
-}
+using layercache::test::eventually;
 
 // True when `pid` no longer runs (gone, or a zombie waiting for a reaper that is not us).
 bool process_gone(pid_t pid) {

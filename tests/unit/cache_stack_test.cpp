@@ -1,6 +1,7 @@
 // cache_stack_test.cpp — the read-through API: set/get/del/clear/has/get_if_present, negative
 // caching, get_many/set_many/del_many, and the byte-layer paths (backfill with remaining lifetime,
 // writes to every layer, corruption, failing layers) over tests/unit/test_byte_layer.hpp.
+#include "support/await.hpp"
 #include "layercache/cache_stack.hpp"
 
 #include <gtest/gtest.h>
@@ -32,35 +33,9 @@ using strings = std::vector<std::string>;
 
 constexpr auto bound = 10s;
 
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = bound) {
-  const auto deadline = sclock::now() + limit;
-  while (!pred()) {
-    if (sclock::now() >= deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using layercache::test::eventually;
 
-class gate {
- public:
-  void open() {
-    {
-      std::lock_guard lock(mu_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-  bool wait(std::chrono::milliseconds limit = bound) {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, limit, [&] { return open_; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
+using layercache::test::gate;
 
 struct recorded_event {
   event_type type;

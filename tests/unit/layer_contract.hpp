@@ -43,6 +43,7 @@
 #include "layercache/cache_stack.hpp"
 #include "layercache/layer.hpp"
 #include "layercache/memory_layer.hpp"
+#include "support/await.hpp"
 #include "support/fake_clock.hpp"
 
 namespace layercache::test {
@@ -63,15 +64,7 @@ namespace contract_detail {
 
 inline constexpr std::chrono::seconds bound{10};  // upper bound of every wait
 
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = bound) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return true;
-}
+using layercache::test::eventually;
 
 inline std::uint64_t total_hits(const metrics_snapshot& m) {
   std::uint64_t n = 0;

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/await.hpp"
 #include "layercache/cache_stack.hpp"
 #include "support/fake_clock.hpp"
 #include "test_byte_layer.hpp"
@@ -29,37 +30,9 @@ using sclock = std::chrono::steady_clock;
 
 constexpr auto bound = 10s;  // upper bound of every wait; a test that hits it has failed
 
-// Polls `pred` until it holds or `limit` passes; returns its last value.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = bound) {
-  const auto deadline = sclock::now() + limit;
-  while (!pred()) {
-    if (sclock::now() >= deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using layercache::test::eventually;
 
-// A one-shot gate with a bounded wait, so a broken test fails instead of hanging.
-class gate {
- public:
-  void open() {
-    {
-      std::lock_guard lock(mu_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-  bool wait(std::chrono::milliseconds limit = bound) {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, limit, [&] { return open_; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
+using layercache::test::gate;
 
 struct recorded_event {
   event_type type;

@@ -5,6 +5,7 @@
 // The recording layer applies writes to a map and logs them; a test can hold its calls on a gate
 // (to keep ops queued while it looks) or make them fail. Every wait is bounded: gates and tickets
 // are waited for with deadlines, so a broken write_behind fails a test instead of hanging it.
+#include "support/await.hpp"
 #include "core/write_behind.hpp"
 
 #include <gtest/gtest.h>
@@ -37,15 +38,7 @@ using sclock = std::chrono::steady_clock;
 
 constexpr auto bound = 10s;  // upper bound of every wait; a test that reaches it has failed
 
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = bound) {
-  const auto deadline = sclock::now() + limit;
-  while (!pred()) {
-    if (sclock::now() >= deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using layercache::test::eventually;
 
 // A gate that layer calls can be held on; waits are bounded so a broken test cannot hang.
 class gate {
