@@ -1,5 +1,7 @@
 // detail/function_ref.hpp — a non-owning reference to a callable (no allocation), for passing a
 // caller's fetcher into cache_stack's non-template core. Not API.
+// Thread-safety: a function_ref is as thread-safe as the callable it refers to; it must not outlive
+// it.
 #pragma once
 
 #include <memory>

@@ -2,6 +2,7 @@
 // Not API. A wyhash-style function: short keys (the common case) are read with at most four
 // overlapping loads and no byte loop, longer ones 16 bytes per step. Keys are hashed once per call,
 // on the L1 hit path, so every instruction here shows up in the hit latency.
+// Thread-safety: pure functions.
 #pragma once
 
 #include <cstdint>
