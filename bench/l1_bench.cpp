@@ -44,9 +44,8 @@ void BM_L1Hit(benchmark::State& state) {
   std::size_t i = static_cast<std::size_t>(state.thread_index()) * 4099;
   const std::uint64_t allocs_before = layercache::bench::thread_allocations();
   for (auto _ : state) {
-    auto v = cache.get<std::string>(keys[i % key_count], []() -> std::string {
-      throw std::runtime_error("unexpected miss");
-    });
+    auto v = cache.get<std::string>(
+        keys[i % key_count], []() -> std::string { throw std::runtime_error("unexpected miss"); });
     benchmark::DoNotOptimize(v);
     i += 7;
   }

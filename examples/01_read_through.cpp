@@ -3,18 +3,16 @@
 // A slow "database" answers in 20 ms. Eight threads ask for the same user at once: the fetcher runs
 // once and every thread gets the same object. Later reads are L1 hits (tens of nanoseconds), a
 // missing user is cached as "not found", and del() forces the next read to fetch again.
-#include <layercache/layercache.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <layercache/layercache.hpp>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 struct user {
   int id = 0;
@@ -46,10 +44,9 @@ int main() {
     });
   }
   for (auto& t : threads) t.join();
-  std::printf("8 concurrent gets: %d database call(s), same object for all: %s\n",
-              database_calls.load(),
-              std::all_of(seen.begin(), seen.end(), [&](auto& p) { return p == seen[0]; })
-                  ? "yes" : "no");
+  std::printf(
+      "8 concurrent gets: %d database call(s), same object for all: %s\n", database_calls.load(),
+      std::all_of(seen.begin(), seen.end(), [&](auto& p) { return p == seen[0]; }) ? "yes" : "no");
 
   // Hits: no database call, no copy.
   auto again = cache.get<user>("user:42", [] { return load_user(42); });

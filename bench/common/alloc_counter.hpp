@@ -1,7 +1,7 @@
 // alloc_counter.hpp — counts heap allocations and live heap bytes of the benchmark binaries, by
 // replacing the global operator new/delete (alloc_counter.cpp). Used to prove "0 allocations per L1
-// hit" and to measure bytes per entry. Counters are per thread (allocations) and global (live bytes,
-// measured with malloc_usable_size so allocator rounding is included).
+// hit" and to measure bytes per entry. Counters are per thread (allocations) and global (live
+// bytes, measured with malloc_usable_size so allocator rounding is included).
 #pragma once
 
 #include <cstdint>

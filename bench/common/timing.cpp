@@ -15,8 +15,8 @@ double ticks_per_ns() {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     const std::uint64_t c1 = ticks();
     const auto t1 = std::chrono::steady_clock::now();
-    const double ns = static_cast<double>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+    const double ns =
+        static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
     return static_cast<double>(c1 - c0) / ns;
   }();
   return value;
@@ -46,10 +46,9 @@ percentiles summarize_ticks(std::vector<std::uint64_t>& samples) {
     const auto idx = static_cast<std::size_t>(q * static_cast<double>(samples.size() - 1));
     return std::max(0.0, (static_cast<double>(samples[idx]) - overhead) / tpn);
   };
-  const double sum = std::accumulate(samples.begin(), samples.end(), 0.0,
-                                     [](double acc, std::uint64_t v) {
-                                       return acc + static_cast<double>(v);
-                                     });
+  const double sum =
+      std::accumulate(samples.begin(), samples.end(), 0.0,
+                      [](double acc, std::uint64_t v) { return acc + static_cast<double>(v); });
   out.avg_ns = std::max(0.0, (sum / static_cast<double>(samples.size()) - overhead) / tpn);
   out.p50_ns = at(0.50);
   out.p95_ns = at(0.95);
@@ -61,8 +60,8 @@ ms_percentiles summarize_ms(std::vector<double> samples) {
   ms_percentiles out;
   if (samples.empty()) return out;
   std::sort(samples.begin(), samples.end());
-  out.avg = std::accumulate(samples.begin(), samples.end(), 0.0) /
-            static_cast<double>(samples.size());
+  out.avg =
+      std::accumulate(samples.begin(), samples.end(), 0.0) / static_cast<double>(samples.size());
   out.p50 = samples[(samples.size() - 1) / 2];
   out.p99 = samples[static_cast<std::size_t>(0.99 * static_cast<double>(samples.size() - 1))];
   return out;

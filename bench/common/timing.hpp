@@ -1,9 +1,9 @@
 // timing.hpp — per-operation timing for latency percentiles.
 //
-// Timing a 50 ns operation with steady_clock (about 34 ns per read on the reference VM) would mostly
-// measure the clock. We read the TSC with rdtscp (about 22 ns), calibrate it against steady_clock,
-// and subtract the median cost of an empty timed region, so reported latencies are the operation's
-// own. Both our cache and the baselines are measured the same way in the same run.
+// Timing a 50 ns operation with steady_clock (about 34 ns per read on the reference VM) would
+// mostly measure the clock. We read the TSC with rdtscp (about 22 ns), calibrate it against
+// steady_clock, and subtract the median cost of an empty timed region, so reported latencies are
+// the operation's own. Both our cache and the baselines are measured the same way in the same run.
 #pragma once
 
 #include <x86intrin.h>

@@ -48,7 +48,8 @@ hit_figures measure_hits(const std::filesystem::path& dir, std::size_t keys, std
   {
     cache_stack cache({open_disk(dir)}, {.ttl = 1h});
     const auto t0 = std::chrono::steady_clock::now();
-    for (std::size_t i = 0; i < keys; ++i) (void)cache.set<std::string>("k" + std::to_string(i), value);
+    for (std::size_t i = 0; i < keys; ++i)
+      (void)cache.set<std::string>("k" + std::to_string(i), value);
     if (!cache.flush(60s)) throw std::runtime_error("disk bench: writes did not land");
     writes_per_s = static_cast<double>(keys) / (us_since(t0) / 1e6);
   }
@@ -65,7 +66,8 @@ hit_figures measure_hits(const std::filesystem::path& dir, std::size_t keys, std
       if (!v || v->size() != bytes) throw std::runtime_error("disk bench: wrong value");
     }
     f.cold_p50 = summarize_ms(cold).p50;
-    for (std::size_t i = 0; i < keys; ++i) (void)cache.get<std::string>("k" + std::to_string(i), never);
+    for (std::size_t i = 0; i < keys; ++i)
+      (void)cache.get<std::string>("k" + std::to_string(i), never);
     std::vector<double> warm;
     warm.reserve(samples);
     for (std::size_t i = 0; i < samples; ++i) {
@@ -101,7 +103,8 @@ void run(const common_args& common, const disk_args& a) {
   test::temp_dir root("layercache-disk-bench");
   double wps_1k = 0, wps_64k = 0;
   const hit_figures f1 = measure_hits(root.path() / "1k", a.keys_1k, 1024, a.samples, wps_1k);
-  const hit_figures f64 = measure_hits(root.path() / "64k", a.keys_64k, 64 * 1024, a.samples, wps_64k);
+  const hit_figures f64 =
+      measure_hits(root.path() / "64k", a.keys_64k, 64 * 1024, a.samples, wps_64k);
 
   // Restart warm-up: a memory+disk stack fills L3; a "restarted" stack over the same directory
   // serves everything from disk, against an empty stack that must fetch everything.
@@ -144,10 +147,10 @@ void run(const common_args& common, const disk_args& a) {
                 fmt_num(wps_1k, 0)},
                {"64 KiB", fmt_num(f64.warm_p50, 1), fmt_num(f64.warm_p99, 1),
                 fmt_num(f64.cold_p50, 1), fmt_num(wps_64k, 0)}});
-  std::printf("\nRestart: %zu keys served from L3 in %.0f ms (%d origin calls) vs refetched in %.0f ms "
-              "(origin %d ms, %d threads)\n",
-              a.restart_keys, restart_serve_ms, served_origin_calls, refetch_ms, a.origin_ms,
-              a.threads);
+  std::printf(
+      "\nRestart: %zu keys served from L3 in %.0f ms (%d origin calls) vs refetched in %.0f ms "
+      "(origin %d ms, %d threads)\n",
+      a.restart_keys, restart_serve_ms, served_origin_calls, refetch_ms, a.origin_ms, a.threads);
   emit_json(common, {{"warm_p50_us", f1.warm_p50},
                      {"warm_p99_us", f1.warm_p99},
                      {"cold_p50_us", f1.cold_p50},

@@ -98,7 +98,8 @@ double throughput(int threads, double seconds, const std::vector<std::string>& k
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
       auto order = make_order(1 << 16, keys.size());
-      for (auto& o : order) o = (o + static_cast<std::uint32_t>(t) * 7919) % static_cast<std::uint32_t>(keys.size());
+      for (auto& o : order)
+        o = (o + static_cast<std::uint32_t>(t) * 7919) % static_cast<std::uint32_t>(keys.size());
       ready.fetch_add(1);
       while (ready.load() < threads) {
       }
@@ -130,7 +131,8 @@ void run(const common_args& args, const hot_path_args& a) {
   const auto order = make_order(a.hits, a.keys);
   auto value = [](std::size_t i) { return std::string(100, static_cast<char>('a' + i % 26)); };
 
-  cache_stack cache({memory_layer::create({.max_entries = a.keys * 2})}, {.ttl = std::chrono::hours(1)});
+  cache_stack cache({memory_layer::create({.max_entries = a.keys * 2})},
+                    {.ttl = std::chrono::hours(1)});
   for (std::size_t i = 0; i < keys.size(); ++i) (void)cache.set<std::string>(keys[i], value(i));
   naive_lru baseline(a.keys * 2);
   for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -164,31 +166,33 @@ void run(const common_args& args, const hot_path_args& a) {
 
   std::printf("L1 hit latency over %zu sequential hits on %zu keys (timer overhead subtracted)\n\n",
               order.size(), keys.size());
-  print_table({"cache", "avg ns", "p50 ns", "p95 ns", "p99 ns", "ops/s 1 thread", "ops/s 2 threads"},
-              {{"layercache L1", fmt_num(lc.avg_ns), fmt_num(lc.p50_ns), fmt_num(lc.p95_ns),
-                fmt_num(lc.p99_ns), fmt_num(ops1, 0), fmt_num(ops2, 0)},
-               {"mutex+unordered_map+list LRU", fmt_num(base.avg_ns), fmt_num(base.p50_ns),
-                fmt_num(base.p95_ns), fmt_num(base.p99_ns), fmt_num(base1, 0), fmt_num(base2, 0)}});
-  std::printf("\nheap allocations per hit: %.4f; 2-thread scaling %.2fx; vs baseline at 2 threads %.2fx\n",
-              allocs_per_hit, ops2 / ops1, ops2 / base2);
-  emit_json(args, {{"hits", order.size()},
-                   {"keys", keys.size()},
-                   {"avg_ns", lc.avg_ns},
-                   {"p50_ns", lc.p50_ns},
-                   {"p95_ns", lc.p95_ns},
-                   {"p99_ns", lc.p99_ns},
-                   {"baseline_avg_ns", base.avg_ns},
-                   {"baseline_p50_ns", base.p50_ns},
-                   {"baseline_p99_ns", base.p99_ns},
-                   {"ops_per_s_1t", ops1},
-                   {"ops_per_s_2t", ops2},
-                   {"baseline_ops_per_s_1t", base1},
-                   {"baseline_ops_per_s_2t", base2},
-                   {"scaling_2t", ops2 / ops1},
-                   {"vs_baseline_2t", ops2 / base2},
-                   {"allocs_per_hit", allocs_per_hit},
-                   {"timer_overhead_ns",
-                    static_cast<double>(timer_overhead_ticks()) / ticks_per_ns()}});
+  print_table(
+      {"cache", "avg ns", "p50 ns", "p95 ns", "p99 ns", "ops/s 1 thread", "ops/s 2 threads"},
+      {{"layercache L1", fmt_num(lc.avg_ns), fmt_num(lc.p50_ns), fmt_num(lc.p95_ns),
+        fmt_num(lc.p99_ns), fmt_num(ops1, 0), fmt_num(ops2, 0)},
+       {"mutex+unordered_map+list LRU", fmt_num(base.avg_ns), fmt_num(base.p50_ns),
+        fmt_num(base.p95_ns), fmt_num(base.p99_ns), fmt_num(base1, 0), fmt_num(base2, 0)}});
+  std::printf(
+      "\nheap allocations per hit: %.4f; 2-thread scaling %.2fx; vs baseline at 2 threads %.2fx\n",
+      allocs_per_hit, ops2 / ops1, ops2 / base2);
+  emit_json(args,
+            {{"hits", order.size()},
+             {"keys", keys.size()},
+             {"avg_ns", lc.avg_ns},
+             {"p50_ns", lc.p50_ns},
+             {"p95_ns", lc.p95_ns},
+             {"p99_ns", lc.p99_ns},
+             {"baseline_avg_ns", base.avg_ns},
+             {"baseline_p50_ns", base.p50_ns},
+             {"baseline_p99_ns", base.p99_ns},
+             {"ops_per_s_1t", ops1},
+             {"ops_per_s_2t", ops2},
+             {"baseline_ops_per_s_1t", base1},
+             {"baseline_ops_per_s_2t", base2},
+             {"scaling_2t", ops2 / ops1},
+             {"vs_baseline_2t", ops2 / base2},
+             {"allocs_per_hit", allocs_per_hit},
+             {"timer_overhead_ns", static_cast<double>(timer_overhead_ticks()) / ticks_per_ns()}});
 }
 
 }  // namespace
@@ -196,8 +200,10 @@ void run(const common_args& args, const hot_path_args& a) {
 void register_hot_path(CLI::App& app, common_args& args) {
   static hot_path_args storage;  // CLI11 binds options to it for the program's lifetime
   hot_path_args* a = &storage;
-  auto* sub = app.add_subcommand("hot-path", "L1 hit latency and throughput vs a mutex+map+list LRU");
-  sub->add_option("--hits", a->hits, "timed sequential hits (>= 1,000,000)")->check(CLI::Range(1'000'000ul, 100'000'000ul));
+  auto* sub =
+      app.add_subcommand("hot-path", "L1 hit latency and throughput vs a mutex+map+list LRU");
+  sub->add_option("--hits", a->hits, "timed sequential hits (>= 1,000,000)")
+      ->check(CLI::Range(1'000'000ul, 100'000'000ul));
   sub->add_option("--keys", a->keys, "distinct keys");
   sub->add_option("--seconds", a->seconds, "duration of each throughput run");
   sub->callback([&args, a] { run(args, *a); });

@@ -126,8 +126,8 @@ void run(const common_args& common, const l2_args& a) {
   std::printf("L2 (Redis) hit, L1 bypassed, %zu-byte values, %zu samples each, interleaved\n\n",
               a.value_bytes, a.samples);
   print_table({"path", "p50 us", "p99 us", "avg us", "ops/s with 32 threads"},
-              {{"layercache redis_layer get", fmt_num(o.p50, 1), fmt_num(o.p99, 1), fmt_num(o.avg, 1),
-                fmt_num(ops32, 0)},
+              {{"layercache redis_layer get", fmt_num(o.p50, 1), fmt_num(o.p99, 1),
+                fmt_num(o.avg, 1), fmt_num(ops32, 0)},
                {"raw hiredis sync GET (pool of 32)", fmt_num(r.p50, 1), fmt_num(r.p99, 1),
                 fmt_num(r.avg, 1), fmt_num(raw32, 0)}});
   std::printf("\nratio p50 %.2f; 32-thread throughput ratio %.2fx\n", o.p50 / r.p50, ops32 / raw32);
@@ -147,7 +147,8 @@ void run(const common_args& common, const l2_args& a) {
 
 void register_l2_hit(CLI::App& app, common_args& args) {
   static l2_args storage;
-  auto* sub = app.add_subcommand("l2-hit", "Redis hit latency and 32-thread throughput vs raw hiredis");
+  auto* sub =
+      app.add_subcommand("l2-hit", "Redis hit latency and 32-thread throughput vs raw hiredis");
   sub->add_option("--samples", storage.samples);
   sub->add_option("--value-bytes", storage.value_bytes);
   sub->add_option("--threads", storage.threads);

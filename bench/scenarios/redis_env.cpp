@@ -14,7 +14,8 @@ redis_env::redis_env(const common_args& args) {
   if (!args.redis_url.empty()) {
     url_ = args.redis_url;
     // redis://[user[:password]@]host:port[/db] → host and port for raw baselines.
-    std::string rest = url_.substr(url_.find("://") == std::string::npos ? 0 : url_.find("://") + 3);
+    std::string rest =
+        url_.substr(url_.find("://") == std::string::npos ? 0 : url_.find("://") + 3);
     if (auto at = rest.rfind('@'); at != std::string::npos) rest = rest.substr(at + 1);
     if (auto slash = rest.find('/'); slash != std::string::npos) rest = rest.substr(0, slash);
     const auto colon = rest.rfind(':');

@@ -27,7 +27,9 @@ nlohmann::json run_mode(const std::string& mode, const common_args& common,
   std::atomic<int> origin_calls{0};
   std::vector<double> round_ms;
   for (int r = 0; r < a.rounds; ++r) {
-    const std::string key = "stampede:" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) + ":" + std::to_string(r);
+    const std::string key =
+        "stampede:" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) +
+        ":" + std::to_string(r);
     std::barrier start(a.concurrency + 1);
     std::atomic<int> wrong{0};
     std::vector<std::thread> threads;
@@ -45,16 +47,21 @@ nlohmann::json run_mode(const std::string& mode, const common_args& common,
     start.arrive_and_wait();
     const auto t0 = std::chrono::steady_clock::now();
     for (auto& th : threads) th.join();
-    round_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    round_ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     if (wrong.load() != 0) {
       std::fprintf(stderr, "stampede: %d callers got a wrong value\n", wrong.load());
       std::exit(1);
     }
   }
   const ms_percentiles s = summarize_ms(round_ms);
-  return {{"mode", mode},           {"rounds", a.rounds}, {"concurrency", a.concurrency},
-          {"origin_calls", origin_calls.load()}, {"origin_ms", a.origin_ms},
-          {"avg_ms", s.avg},        {"p50_ms", s.p50}};
+  return {{"mode", mode},
+          {"rounds", a.rounds},
+          {"concurrency", a.concurrency},
+          {"origin_calls", origin_calls.load()},
+          {"origin_ms", a.origin_ms},
+          {"avg_ms", s.avg},
+          {"p50_ms", s.p50}};
 }
 
 void run(const common_args& common, const stampede_args& a) {
@@ -68,9 +75,11 @@ void run(const common_args& common, const stampede_args& a) {
                      fmt_num(row["avg_ms"].get<double>(), 2)});
     rows.push_back(std::move(row));
   }
-  std::printf("Stampede: %d concurrent gets of one missing key, %d rounds (new key each), origin %d ms\n\n",
-              a.concurrency, a.rounds, a.origin_ms);
-  print_table({"mode", "rounds", "concurrency", "origin calls", "origin ms", "avg ms/round"}, table);
+  std::printf(
+      "Stampede: %d concurrent gets of one missing key, %d rounds (new key each), origin %d ms\n\n",
+      a.concurrency, a.rounds, a.origin_ms);
+  print_table({"mode", "rounds", "concurrency", "origin calls", "origin ms", "avg ms/round"},
+              table);
   emit_json(common, {{"rows", rows}});
 }
 
@@ -78,7 +87,8 @@ void run(const common_args& common, const stampede_args& a) {
 
 void register_stampede(CLI::App& app, common_args& args) {
   static stampede_args storage;
-  auto* sub = app.add_subcommand("stampede", "concurrent misses of one key: origin calls and latency");
+  auto* sub =
+      app.add_subcommand("stampede", "concurrent misses of one key: origin calls and latency");
   sub->add_option("--rounds", storage.rounds);
   sub->add_option("--concurrency", storage.concurrency);
   sub->add_option("--origin-ms", storage.origin_ms);

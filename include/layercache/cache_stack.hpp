@@ -11,19 +11,20 @@
 // its own thread, the others wait for its result — or its exception, rethrown to each of them. The
 // fetched value is written to every layer.
 //
-// Values are immutable and shared: get returns std::shared_ptr<const T>; an L1 hit hands out another
-// reference to the object already in memory. A null pointer means "not found": a fetcher may return
-// std::optional<T>, and an empty optional is cached as a negative entry for negative_ttl.
+// Values are immutable and shared: get returns std::shared_ptr<const T>; an L1 hit hands out
+// another reference to the object already in memory. A null pointer means "not found": a fetcher
+// may return std::optional<T>, and an empty optional is cached as a negative entry for
+// negative_ttl.
 //
 // Invalidation during a fetch: a del, set or clear that reaches a key while its fetch is in flight
 // marks the fetch stale. Callers already waiting on it get the fetched value (they asked before the
 // invalidation completed), but the value is stored in no layer, so no later get sees it
 // (docs/design.md, "Invalidation during fill").
 //
-// Errors: infrastructure trouble in a layer (Redis down, corrupt bytes) never throws from a read: the
-// layer is skipped, counted in metrics() and reported to stack_options::on_event. Misuse throws:
-// invalid_argument_error (empty or too long key, invalid options, a fetcher re-entering get for the
-// key it is fetching), type_mismatch_error (a key read as another type than it holds),
+// Errors: infrastructure trouble in a layer (Redis down, corrupt bytes) never throws from a read:
+// the layer is skipped, counted in metrics() and reported to stack_options::on_event. Misuse
+// throws: invalid_argument_error (empty or too long key, invalid options, a fetcher re-entering get
+// for the key it is fetching), type_mismatch_error (a key read as another type than it holds),
 // wait_timeout_error (wait_deadline passed while waiting for another caller's fetch).
 // Mutations return a status naming the layers that failed.
 //

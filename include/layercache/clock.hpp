@@ -3,8 +3,8 @@
 // All expiry in layercache is absolute wall-clock time (milliseconds since the Unix epoch) because
 // entries travel between processes through Redis and disk. The default clock reads
 // CLOCK_REALTIME_COARSE (about 7 ns instead of about 34 ns for system_clock::now() on the reference
-// machine) because it is read on every L1 hit; its resolution is the kernel tick (1–4 ms), so an entry
-// can outlive its expiry by at most one tick, never expire early. Tests install a fake clock.
+// machine) because it is read on every L1 hit; its resolution is the kernel tick (1–4 ms), so an
+// entry can outlive its expiry by at most one tick, never expire early. Tests install a fake clock.
 //
 // Thread-safety: implementations must be safe to call from any thread concurrently.
 #pragma once

@@ -1,16 +1,18 @@
 // codec.hpp — how values are turned into bytes for Redis and disk, and back.
 //
 // `codec<T>` is a customisation point. Provided:
-//   * identity for std::string, std::vector<char>, std::vector<unsigned char>, std::vector<std::byte>
-//   * MessagePack (default) for every type nlohmann::json can convert (to_json/from_json, arithmetic
+//   * identity for std::string, std::vector<char>, std::vector<unsigned char>,
+//   std::vector<std::byte>
+//   * MessagePack (default) for every type nlohmann::json can convert (to_json/from_json,
+//   arithmetic
 //     types, standard containers of those). Opt into JSON text instead with
 //         template <> struct layercache::codec<my_type> : layercache::json_codec<my_type> {};
 //   * your own: specialise codec<T> with
 //         static void encode(const T& value, std::string& out);   // append bytes to out
 //         static T decode(std::string_view bytes);                 // throw on malformed input
-//     (protobuf, flatbuffers, ...). Optionally `static constexpr std::string_view type_name = "..."`:
-//     a stable name recorded in the envelope so a key read as the wrong type is detected across
-//     processes (default: the compiler's type name).
+//     (protobuf, flatbuffers, ...). Optionally `static constexpr std::string_view type_name =
+//     "..."`: a stable name recorded in the envelope so a key read as the wrong type is detected
+//     across processes (default: the compiler's type name).
 // A type with no codec fails to compile at the get/set call with a message naming the fix.
 // Memory-only stacks never call the codec, but still require one: a value must be able to move to a
 // byte layer when one is added to the stack.
@@ -26,12 +28,11 @@
 #pragma once
 
 #include <cstddef>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "layercache/detail/envelope.hpp"
 
@@ -61,8 +62,8 @@ struct identity_codec {
 
 template <class T>
 concept json_convertible = requires(const T& value, nlohmann::json& j) {
-  { nlohmann::json(value) };
-  { j.get<T>() };
+  {nlohmann::json(value)};
+  {j.get<T>()};
 };
 
 }  // namespace detail
@@ -102,8 +103,7 @@ template <class T>
 struct codec<T, std::enable_if_t<detail::json_convertible<T> && !std::is_same_v<T, std::string> &&
                                  !std::is_same_v<T, std::vector<char>> &&
                                  !std::is_same_v<T, std::vector<unsigned char>> &&
-                                 !std::is_same_v<T, std::vector<std::byte>>>>
-    : msgpack_codec<T> {};
+                                 !std::is_same_v<T, std::vector<std::byte>>>> : msgpack_codec<T> {};
 
 // True when codec<T> can encode and decode T.
 template <class T>
@@ -119,7 +119,10 @@ struct weigher {
     if constexpr (std::is_same_v<T, std::string>) {
       // Short strings live inside the object (SSO); only a heap buffer adds bytes.
       return sizeof(T) + (value.capacity() > 15 ? value.capacity() + 1 : 0);
-    } else if constexpr (requires { value.capacity(); typename T::value_type; }) {
+    } else if constexpr (requires {
+                           value.capacity();
+                           typename T::value_type;
+                         }) {
       // Element storage only: heap data owned by the elements needs a weigher specialisation.
       return sizeof(T) + value.capacity() * sizeof(typename T::value_type);
     } else {

@@ -1,12 +1,13 @@
 // error.hpp — exceptions thrown for misuse.
 //
-// Infrastructure trouble (Redis down, corrupt bytes, timeouts) never throws from a read; it is counted
-// and reported through metrics and events. These exceptions are thrown only when the *call* is wrong,
-// or when the caller asked for a bounded wait that ran out:
+// Infrastructure trouble (Redis down, corrupt bytes, timeouts) never throws from a read; it is
+// counted and reported through metrics and events. These exceptions are thrown only when the *call*
+// is wrong, or when the caller asked for a bounded wait that ran out:
 //
-//   invalid_argument_error  empty key, key longer than stack_options::max_key_bytes, invalid options
-//   type_mismatch_error     get<A>(k) where k holds a value cached as type B
-//   wait_timeout_error      get_options::wait_deadline passed while waiting on another caller's fetch
+//   invalid_argument_error  empty key, key longer than stack_options::max_key_bytes, invalid
+//   options type_mismatch_error     get<A>(k) where k holds a value cached as type B
+//   wait_timeout_error      get_options::wait_deadline passed while waiting on another caller's
+//   fetch
 //
 // Thread-safety: exception objects are immutable after construction.
 #pragma once

@@ -4,10 +4,10 @@
 //     if (e.type == layercache::event_type::layer_error) log_warn("{}", e.detail.message());
 //   }};
 //
-// Which thread calls it: the thread on which the event happened — a caller of get/set, or one of the
-// library's background threads. No library lock is held during the call, so the callback may call
-// back into the cache; it must be quick (it delays the operation that raised it) and must not throw
-// (an exception is caught and dropped). The string_views are valid only during the call.
+// Which thread calls it: the thread on which the event happened — a caller of get/set, or one of
+// the library's background threads. No library lock is held during the call, so the callback may
+// call back into the cache; it must be quick (it delays the operation that raised it) and must not
+// throw (an exception is caught and dropped). The string_views are valid only during the call.
 //
 // Thread-safety: the callback may be invoked from several threads at once.
 #pragma once
@@ -20,14 +20,14 @@
 namespace layercache {
 
 enum class event_type : unsigned char {
-  fetch_error,       // a fetcher threw; detail says what (the exception reached every waiter)
-  layer_error,       // a layer failed a read or write; the operation went on without it
-  corruption,        // a layer held bytes that failed to decode; the entry was removed
-  wait_timeout,      // a caller gave up waiting for another caller's fetch
-  stale_fill,        // a fetched value was not stored: an invalidation arrived during the fetch
-  breaker_open,      // a remote layer failed repeatedly and is skipped for a while
-  breaker_half_open, // one probe call is let through to a skipped layer
-  breaker_closed,    // the probe succeeded: the layer is used again
+  fetch_error,        // a fetcher threw; detail says what (the exception reached every waiter)
+  layer_error,        // a layer failed a read or write; the operation went on without it
+  corruption,         // a layer held bytes that failed to decode; the entry was removed
+  wait_timeout,       // a caller gave up waiting for another caller's fetch
+  stale_fill,         // a fetched value was not stored: an invalidation arrived during the fetch
+  breaker_open,       // a remote layer failed repeatedly and is skipped for a while
+  breaker_half_open,  // one probe call is let through to a skipped layer
+  breaker_closed,     // the probe succeeded: the layer is used again
 };
 
 std::string_view to_string(event_type type) noexcept;

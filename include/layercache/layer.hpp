@@ -5,9 +5,9 @@
 //  * object layers (memory_layer) hold decoded, immutable C++ objects; a hit hands out another
 //    reference to the same object. At most one, and only at the front of a stack.
 //  * byte layers (redis_layer, disk_layer, or your own) hold encoded envelopes (docs/format.md):
-//    self-describing bytes carrying absolute expiry, version, tags and the payload. The stack encodes
-//    and decodes envelopes and checks expiry; a byte layer only stores bytes under keys, with a
-//    time-to-live hint so the backend can drop them on its own.
+//    self-describing bytes carrying absolute expiry, version, tags and the payload. The stack
+//    encodes and decodes envelopes and checks expiry; a byte layer only stores bytes under keys,
+//    with a time-to-live hint so the backend can drop them on its own.
 //
 // Writing a byte layer: derive from byte_layer, implement get/set/del/clear (the *_many forms have
 // loop defaults; override them when the backend can batch), report failures through status (never
@@ -41,14 +41,14 @@ enum class compression : unsigned char { none, zstd, lz4 };
 
 // Static facts about a layer, fixed at construction.
 struct layer_info {
-  std::string name;                       // "memory", "redis", "disk", ... used in metrics and status
+  std::string name;  // "memory", "redis", "disk", ... used in metrics and status
   layer_kind kind = layer_kind::bytes;
   // Upper bound on how long this layer keeps an entry; zero means "no cap of its own". An entry's
   // lifetime in this layer is min(entry lifetime, max_ttl).
   std::chrono::milliseconds max_ttl{0};
-  bool remote = false;                    // true for layers reached over a network (breaker, bus)
-  compression compress = compression::none;   // byte layers: payload compression to apply
-  std::size_t compress_min_bytes = 1024;      // payloads shorter than this stay uncompressed
+  bool remote = false;  // true for layers reached over a network (breaker, bus)
+  compression compress = compression::none;  // byte layers: payload compression to apply
+  std::size_t compress_min_bytes = 1024;     // payloads shorter than this stay uncompressed
 };
 
 // How a layer reports what it detects itself (breaker transitions, background failures) to the
@@ -84,14 +84,14 @@ class layer {
 
 // The answer of one byte-layer read.
 struct byte_read {
-  status error;                        // not ok when the backend failed (the read counts as a miss)
-  std::optional<std::string> bytes;    // the stored envelope, when present
+  status error;                      // not ok when the backend failed (the read counts as a miss)
+  std::optional<std::string> bytes;  // the stored envelope, when present
 };
 
 // One write of a batch.
 struct byte_write {
   std::string_view key;
-  std::string_view bytes;   // an encoded envelope
+  std::string_view bytes;     // an encoded envelope
   unix_ms expires_at_ms = 0;  // absolute; the backend may drop the entry after it (0 = never)
 };
 
@@ -109,7 +109,8 @@ class byte_layer : public layer {
   // layer's own prefix) and the stored envelope — until `visit` returns false. Used by snapshots;
   // entries written during the scan may or may not be seen. Default: errc::invalid_argument ("this
   // layer cannot enumerate its entries").
-  virtual status scan(const std::function<bool(std::string_view key, std::string_view bytes)>& visit);
+  virtual status scan(
+      const std::function<bool(std::string_view key, std::string_view bytes)>& visit);
 };
 
 }  // namespace layercache

@@ -1,6 +1,7 @@
 // layercache.hpp — umbrella header: everything a user of the memory layer needs. The Redis and disk
 // layers have their own headers (redis_layer.hpp, disk_layer.hpp) and libraries.
-// Thread-safety: as stated by each header it includes (cache_stack and every layer are thread-safe).
+// Thread-safety: as stated by each header it includes (cache_stack and every layer are
+// thread-safe).
 #pragma once
 
 #include "layercache/cache_stack.hpp"

@@ -10,10 +10,11 @@
 // The default policy is segmented LRU: new entries enter a probation segment; a second hit promotes
 // them to a protected segment (80 % of capacity, recency kept by a second-chance bit so a hit moves
 // no list nodes); victims come from probation first. A one-off scan of cold keys therefore churns
-// probation only and leaves the hot, protected set in place, where plain LRU would flush it. The policy is a seam (src/memory/eviction_policy.hpp): `eviction::lru` is
-// provided for comparison and a W-TinyLFU policy can be added behind the same interface.
-// Bounds (`max_entries`, `max_bytes`) are divided evenly across shards, so an individual shard may
-// evict while others have room; with the default shard count that error is below 1/shards.
+// probation only and leaves the hot, protected set in place, where plain LRU would flush it. The
+// policy is a seam (src/memory/eviction_policy.hpp): `eviction::lru` is provided for comparison and
+// a W-TinyLFU policy can be added behind the same interface. Bounds (`max_entries`, `max_bytes`)
+// are divided evenly across shards, so an individual shard may evict while others have room; with
+// the default shard count that error is below 1/shards.
 //
 // Removal causes are reported to `on_remove` after the shard lock is released, on the thread that
 // caused the removal.

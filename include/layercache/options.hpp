@@ -38,7 +38,8 @@ struct stack_options {
   // Lifetime of a cached "not found" (a fetcher returning an empty std::optional). Zero means
   // "not found" is never cached: every get calls the fetcher again. Default 30 s.
   std::chrono::milliseconds negative_ttl = std::chrono::seconds(30);
-  // Longest accepted key in bytes; longer keys throw invalid_argument_error. 1..65535, default 1 KiB.
+  // Longest accepted key in bytes; longer keys throw invalid_argument_error. 1..65535, default 1
+  // KiB.
   std::size_t max_key_bytes = 1024;
   // How long a caller waits for another caller's in-flight fetch of the same key before throwing
   // wait_timeout_error. Zero means "as long as the fetch takes". Default zero.

@@ -14,11 +14,11 @@
 // up the reply, not the connection. get_many is one MGET, set_many one pipeline, del_many one DEL.
 //
 // Failures never throw from reads or writes: they return a status (unavailable, timeout,
-// resource_exhausted for a value over max_value_bytes) and the stack falls through to the next layer
-// or the fetcher. Reads and writes each have a circuit breaker (their deadlines differ: a Redis too
-// slow for reads may still take writes) that opens after `breaker_failures` consecutive errors or
-// deadline misses; while open the layer answers "unavailable" at once without touching the network,
-// and after `breaker_open_for` a single probe call decides whether it closes again.
+// resource_exhausted for a value over max_value_bytes) and the stack falls through to the next
+// layer or the fetcher. Reads and writes each have a circuit breaker (their deadlines differ: a
+// Redis too slow for reads may still take writes) that opens after `breaker_failures` consecutive
+// errors or deadline misses; while open the layer answers "unavailable" at once without touching
+// the network, and after `breaker_open_for` a single probe call decides whether it closes again.
 //
 // Authentication: with a URL carrying credentials, AUTH (ACL user + password) and SELECT run on
 // every connection. A server that rejects the credentials makes create() throw
@@ -63,7 +63,8 @@ struct redis_layer_options {
   // Bound on one connection attempt (TCP + AUTH + SELECT + PING); create() waits at most about
   // this long for the first one. Must be > 0. Default 200 ms.
   std::chrono::milliseconds connect_timeout{200};
-  // Consecutive failures (errors or deadline misses) that open the circuit breaker. >= 1. Default 5.
+  // Consecutive failures (errors or deadline misses) that open the circuit breaker. >= 1.
+  // Default 5.
   std::uint32_t breaker_failures = 5;
   // How long an open breaker skips Redis before one probe is let through. > 0. Default 1 s.
   std::chrono::milliseconds breaker_open_for{1000};
@@ -91,7 +92,8 @@ class redis_layer final : public byte_layer {
   status del_many(std::span<const std::string> keys) override;
   status clear() override;
   // SCAN over the prefix plus MGET per batch; keys are returned without the prefix.
-  status scan(const std::function<bool(std::string_view key, std::string_view bytes)>& visit) override;
+  status scan(
+      const std::function<bool(std::string_view key, std::string_view bytes)>& visit) override;
   void attach(layer_event_sink sink) override;
   void contribute_metrics(layer_metrics& out) const override;
 

@@ -1,7 +1,8 @@
-// status.hpp — the result of a mutation (set, del, invalidations) and the error codes of the library.
+// status.hpp — the result of a mutation (set, del, invalidations) and the error codes of the
+// library.
 //
-// A `status` says whether an operation succeeded in every layer and, if not, which layers failed and
-// why. An ok status costs nothing (no allocation); a failed one owns a small heap record.
+// A `status` says whether an operation succeeded in every layer and, if not, which layers failed
+// and why. An ok status costs nothing (no allocation); a failed one owns a small heap record.
 //
 //   layercache::status s = cache.set<std::string>("k", "v");
 //   if (!s.ok() && s.code() == layercache::errc::unavailable) { /* retry later */ }

@@ -7,10 +7,10 @@
 //                                         log("warmed {}/{}", p.done, p.total); }});
 //
 // Items are taken in descending priority (ties keep their order) by `concurrency` threads; each
-// item is a cache.get (so keys already cached cost nothing, and concurrent requests for the same key
-// share the fetch). A fetcher that throws marks that item failed; warming goes on.
-// on_progress is called after each item, from the warming threads, one call at a time; an
-// exception it throws is caught and ignored.
+// item is a cache.get (so keys already cached cost nothing, and concurrent requests for the same
+// key share the fetch). A fetcher that throws marks that item failed; warming goes on. on_progress
+// is called after each item, from the warming threads, one call at a time; an exception it throws
+// is caught and ignored.
 //
 // Thread-safety: warm() may run concurrently with any other use of the cache.
 #pragma once
@@ -35,7 +35,7 @@ struct warm_item {
 };
 
 struct warm_progress {
-  std::size_t done = 0;     // items finished (any outcome)
+  std::size_t done = 0;  // items finished (any outcome)
   std::size_t total = 0;
   std::size_t fetched = 0;  // the fetcher ran for it
   std::size_t cached = 0;   // a layer already held it

@@ -49,9 +49,15 @@ std::uint64_t elapsed_ns(steady::time_point start) {
 detail::compression_policy policy_for(const layer_info& info) {
   detail::compression_policy p;
   switch (info.compress) {
-    case compression::none: p.algorithm = detail::compression_id::none; break;
-    case compression::zstd: p.algorithm = detail::compression_id::zstd; break;
-    case compression::lz4: p.algorithm = detail::compression_id::lz4; break;
+    case compression::none:
+      p.algorithm = detail::compression_id::none;
+      break;
+    case compression::zstd:
+      p.algorithm = detail::compression_id::zstd;
+      break;
+    case compression::lz4:
+      p.algorithm = detail::compression_id::lz4;
+      break;
   }
   p.min_bytes = info.compress_min_bytes;
   return p;
@@ -85,7 +91,7 @@ void update_per_layer(status& result, const status& s) {
 
 struct cache_stack::impl {
   std::vector<std::shared_ptr<layer>> layers;
-  std::vector<byte_layer*> bytes;  // byte layers, nearest first
+  std::vector<byte_layer*> bytes;                    // byte layers, nearest first
   std::vector<detail::compression_policy> compress;  // per byte layer
   std::unique_ptr<byte_layer_stats[]> stats;         // per byte layer
   memory_layer* l1 = nullptr;
@@ -249,8 +255,8 @@ struct cache_stack::impl {
     if (!decoded.ok()) {
       st.errors.fetch_add(1, std::memory_order_relaxed);
       st.misses.fetch_add(1, std::memory_order_relaxed);
-      emit(event_type::corruption, name, key, status::layer_error(name, decoded.code(),
-                                                                  decoded.message()));
+      emit(event_type::corruption, name, key,
+           status::layer_error(name, decoded.code(), decoded.message()));
       // Corrupt bytes would fail the same way for every reader: remove them.
       (void)bytes[i]->del(key);
       return std::nullopt;
@@ -340,15 +346,14 @@ struct cache_stack::impl {
     return detail::encode_envelope(h, {}, payload, policy);
   }
 
-  std::shared_ptr<const void> wait(flight& f, std::chrono::milliseconds deadline,
-                                   bool& absent) {
+  std::shared_ptr<const void> wait(flight& f, std::chrono::milliseconds deadline, bool& absent) {
     std::unique_lock lock(f.mu);
     if (deadline.count() > 0) {
       if (!f.cv.wait_for(lock, deadline, [&] { return f.done; })) {
         lock.unlock();
         wait_timeouts.fetch_add(1, std::memory_order_relaxed);
-        status s(errc::timeout, "waited " + std::to_string(deadline.count()) +
-                                    " ms for another caller's fetch");
+        status s(errc::timeout,
+                 "waited " + std::to_string(deadline.count()) + " ms for another caller's fetch");
         emit(event_type::wait_timeout, "", f.key, s);
         throw wait_timeout_error("layercache: waited " + std::to_string(deadline.count()) +
                                  " ms for another caller's fetch of '" + f.key + "'");
@@ -372,7 +377,8 @@ cache_stack::cache_stack(std::vector<std::shared_ptr<layer>> layers, stack_optio
   if (layers.empty()) throw invalid_argument_error("cache_stack: at least one layer is required");
   impl& m = *impl_;
   for (std::size_t i = 0; i < layers.size(); ++i) {
-    if (!layers[i]) throw invalid_argument_error("cache_stack: layer " + std::to_string(i) + " is null");
+    if (!layers[i])
+      throw invalid_argument_error("cache_stack: layer " + std::to_string(i) + " is null");
     const layer_info& info = layers[i]->info();
     if (info.kind == layer_kind::objects) {
       auto* mem = dynamic_cast<memory_layer*>(layers[i].get());
@@ -565,7 +571,8 @@ status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops
     return {};
   }
   std::shared_ptr<detail::write_ticket> ticket;
-  if (m.policy_of(options) == write_policy::strict) ticket = std::make_shared<detail::write_ticket>();
+  if (m.policy_of(options) == write_policy::strict)
+    ticket = std::make_shared<detail::write_ticket>();
   detail::write_op op = m.make_set_op(key, hash, ops, value, false, fresh_until, m.bytes.size(),
                                       nullptr, now, ticket);
   {
@@ -599,8 +606,8 @@ status cache_stack::set_many_erased(
     }
     // The background writer batches queued sets into one set_many per layer.
     auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
-    detail::write_op op = m.make_set_op(key, hash, ops, value, false, fresh_until,
-                                        m.bytes.size(), nullptr, now, ticket);
+    detail::write_op op = m.make_set_op(key, hash, ops, value, false, fresh_until, m.bytes.size(),
+                                        nullptr, now, ticket);
     {
       std::lock_guard order(m.order_of(hash));
       if (m.l1 != nullptr) {
@@ -730,9 +737,9 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
       // Only possible from inside a fetcher of this thread: waiting would deadlock.
       for (auto& p : led) {
         m.flights.abandon(*p.f);
-        detail::flight_table::complete(*p.f, nullptr, false,
-                                       std::make_exception_ptr(invalid_argument_error(
-                                           "layercache: re-entrant get_many")));
+        detail::flight_table::complete(
+            *p.f, nullptr, false,
+            std::make_exception_ptr(invalid_argument_error("layercache: re-entrant get_many")));
       }
       throw invalid_argument_error("layercache: the fetcher for '" + std::string(key) +
                                    "' called get_many for the same key");
@@ -878,8 +885,7 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
             auto produced = fetch(std::span<const std::string>(&one, 1));
             if (produced.size() != 1) {
               throw invalid_argument_error("layercache: get_many fetcher returned " +
-                                           std::to_string(produced.size()) +
-                                           " results for 1 key");
+                                           std::to_string(produced.size()) + " results for 1 key");
             }
             return std::move(produced.front());
           },

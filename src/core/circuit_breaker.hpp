@@ -103,9 +103,12 @@ class circuit_breaker {
 
   static std::string_view name(state s) noexcept {
     switch (s) {
-      case state::closed: return "closed";
-      case state::open: return "open";
-      case state::half_open: return "half_open";
+      case state::closed:
+        return "closed";
+      case state::open:
+        return "open";
+      case state::half_open:
+        return "half_open";
     }
     return "unknown";
   }

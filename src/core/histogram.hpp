@@ -32,8 +32,8 @@ class latency_histogram {
     std::array<std::uint64_t, bucket_count> counts{};
     std::uint64_t total = 0;
     for (int i = 0; i < bucket_count; ++i) {
-      counts[static_cast<std::size_t>(i)] = buckets_[static_cast<std::size_t>(i)].load(
-          std::memory_order_relaxed);
+      counts[static_cast<std::size_t>(i)] =
+          buckets_[static_cast<std::size_t>(i)].load(std::memory_order_relaxed);
       total += counts[static_cast<std::size_t>(i)];
     }
     latency_summary out;

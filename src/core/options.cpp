@@ -6,14 +6,22 @@ namespace layercache {
 
 std::string_view to_string(event_type type) noexcept {
   switch (type) {
-    case event_type::fetch_error: return "fetch_error";
-    case event_type::layer_error: return "layer_error";
-    case event_type::corruption: return "corruption";
-    case event_type::wait_timeout: return "wait_timeout";
-    case event_type::stale_fill: return "stale_fill";
-    case event_type::breaker_open: return "breaker_open";
-    case event_type::breaker_half_open: return "breaker_half_open";
-    case event_type::breaker_closed: return "breaker_closed";
+    case event_type::fetch_error:
+      return "fetch_error";
+    case event_type::layer_error:
+      return "layer_error";
+    case event_type::corruption:
+      return "corruption";
+    case event_type::wait_timeout:
+      return "wait_timeout";
+    case event_type::stale_fill:
+      return "stale_fill";
+    case event_type::breaker_open:
+      return "breaker_open";
+    case event_type::breaker_half_open:
+      return "breaker_half_open";
+    case event_type::breaker_closed:
+      return "breaker_closed";
   }
   return "unknown";
 }

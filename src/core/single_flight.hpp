@@ -1,15 +1,15 @@
 // single_flight.hpp — one fetch per key at a time within a process.
 //
 // Concurrency: the table is sharded by key hash; a shard's mutex guards its map and the
-// `invalidated` flags of its flights. A flight's own mutex guards its result. The leader (the caller
-// that created the flight) fetches without holding any lock; followers block on the flight's
+// `invalidated` flags of its flights. A flight's own mutex guards its result. The leader (the
+// caller that created the flight) fetches without holding any lock; followers block on the flight's
 // condition variable, optionally with a deadline.
 // Invalidation: invalidate()/invalidate_all() set `invalidated` under the shard lock. The leader
-// stores its result through publish(), which re-checks the flag and runs the store callback under the
-// same lock, then unregisters the flight — so an invalidation is ordered either before publish (the
-// value is not stored) or after it (the invalidation removes what was stored).
-// Invariants: a flight is in the table from join() until publish()/abandon(); it is completed
-// (done = true) exactly once, after it left the table.
+// stores its result through publish(), which re-checks the flag and runs the store callback under
+// the same lock, then unregisters the flight — so an invalidation is ordered either before publish
+// (the value is not stored) or after it (the invalidation removes what was stored). Invariants: a
+// flight is in the table from join() until publish()/abandon(); it is completed (done = true)
+// exactly once, after it left the table.
 #pragma once
 
 #include <condition_variable>

@@ -101,7 +101,9 @@ status read_snapshot(const std::filesystem::path& path, const snapshot_options& 
                      std::string& data, std::vector<parsed_entry>& entries) {
   std::error_code ec;
   const auto size = std::filesystem::file_size(path, ec);
-  if (ec) return status(errc::unavailable, "snapshot: cannot stat " + path.string() + ": " + ec.message());
+  if (ec)
+    return status(errc::unavailable,
+                  "snapshot: cannot stat " + path.string() + ": " + ec.message());
   if (size > options.max_bytes) {
     return status(errc::resource_exhausted, "snapshot: " + path.string() + " is " +
                                                 std::to_string(size) + " bytes, over max_bytes (" +
@@ -238,8 +240,8 @@ snapshot_result cache_stack::export_snapshot(const std::filesystem::path& path,
         used[it->second] = true;  // L1 differs (the byte layer fell behind): L1 wins
       }
       detail::envelope_header header;
-      header.fresh_until_ms = h.expires_at_ms != 0 ? h.expires_at_ms
-                                                   : now + this->options().ttl.count();
+      header.fresh_until_ms =
+          h.expires_at_ms != 0 ? h.expires_at_ms : now + this->options().ttl.count();
       header.stale_until_ms = header.error_until_ms = header.fresh_until_ms;
       header.created_ms = now;
       header.type_fingerprint = h.ops->fingerprint;
@@ -252,9 +254,9 @@ snapshot_result cache_stack::export_snapshot(const std::filesystem::path& path,
     if (!used[i] && !add(stored[i].first, stored[i].second)) break;
   }
   if (too_big) {
-    result.error = status(errc::resource_exhausted,
-                          "snapshot: entries exceed max_bytes (" +
-                              std::to_string(options.max_bytes) + "); nothing written");
+    result.error = status(errc::resource_exhausted, "snapshot: entries exceed max_bytes (" +
+                                                        std::to_string(options.max_bytes) +
+                                                        "); nothing written");
     result.stats = {};
     return result;
   }
@@ -312,8 +314,9 @@ snapshot_result cache_stack::import_snapshot_erased(const std::filesystem::path&
           try {
             value = ops->decode(env.payload);
           } catch (...) {
-            result.error.update(status(errc::corruption, "import_snapshot: payload of '" +
-                                                             std::string(e.key) + "' does not decode"));
+            result.error.update(
+                status(errc::corruption,
+                       "import_snapshot: payload of '" + std::string(e.key) + "' does not decode"));
             continue;
           }
         }

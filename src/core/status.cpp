@@ -4,14 +4,22 @@ namespace layercache {
 
 std::string_view to_string(errc code) noexcept {
   switch (code) {
-    case errc::ok: return "ok";
-    case errc::unavailable: return "unavailable";
-    case errc::timeout: return "timeout";
-    case errc::corruption: return "corruption";
-    case errc::invalid_argument: return "invalid_argument";
-    case errc::resource_exhausted: return "resource_exhausted";
-    case errc::type_mismatch: return "type_mismatch";
-    case errc::internal: return "internal";
+    case errc::ok:
+      return "ok";
+    case errc::unavailable:
+      return "unavailable";
+    case errc::timeout:
+      return "timeout";
+    case errc::corruption:
+      return "corruption";
+    case errc::invalid_argument:
+      return "invalid_argument";
+    case errc::resource_exhausted:
+      return "resource_exhausted";
+    case errc::type_mismatch:
+      return "type_mismatch";
+    case errc::internal:
+      return "internal";
   }
   return "unknown";
 }

@@ -45,7 +45,8 @@ write_behind::~write_behind() {
 void write_behind::submit(write_op op) {
   {
     std::unique_lock lock(space_mu_);
-    space_cv_.wait(lock, [&] { return queued_.load(std::memory_order_relaxed) < opts_.max_pending; });
+    space_cv_.wait(lock,
+                   [&] { return queued_.load(std::memory_order_relaxed) < opts_.max_pending; });
     queued_.fetch_add(1, std::memory_order_relaxed);
   }
   queue& q = queues_[op.hash % opts_.threads];
@@ -105,7 +106,8 @@ void write_behind::run(std::stop_token stop, queue& q) {
         while (!q.ops.empty()) {
           write_op op = std::move(q.ops.front());
           q.ops.pop_front();
-          const status lost(errc::unavailable, "write dropped at shutdown: the flush timeout passed");
+          const status lost(errc::unavailable,
+                            "write dropped at shutdown: the flush timeout passed");
           if (op.ticket) op.ticket->complete(lost);
           // Reported per layer like any failed write, so a dropped write is observable (the
           // counter dies with the stack).
@@ -159,10 +161,10 @@ void write_behind::execute(std::vector<write_op>& batch) {
       }
     }
     if (!writes.empty()) {
-      status s = attribute_to(*layers_[j],
-                              writes.size() == 1 ? layers_[j]->set(writes[0].key, writes[0].bytes,
-                                                                   writes[0].expires_at_ms)
-                                                 : layers_[j]->set_many(writes));
+      status s = attribute_to(*layers_[j], writes.size() == 1
+                                               ? layers_[j]->set(writes[0].key, writes[0].bytes,
+                                                                 writes[0].expires_at_ms)
+                                               : layers_[j]->set_many(writes));
       if (s.ok() && on_write_) on_write_(j, writes.size());
       if (!s.ok()) {
         if (on_error_) on_error_(j, writes.front().key, s);
@@ -170,8 +172,8 @@ void write_behind::execute(std::vector<write_op>& batch) {
       }
     }
     if (!dels.empty()) {
-      status s = attribute_to(*layers_[j], dels.size() == 1 ? layers_[j]->del(dels[0])
-                                                            : layers_[j]->del_many(dels));
+      status s = attribute_to(
+          *layers_[j], dels.size() == 1 ? layers_[j]->del(dels[0]) : layers_[j]->del_many(dels));
       if (!s.ok()) {
         if (on_error_) on_error_(j, dels.front(), s);
         for (std::size_t i : del_idx) result[i].update(s);

@@ -1,18 +1,17 @@
 // write_behind.hpp — byte-layer writes off the caller's path, in order per key.
 //
-// Concurrency: ops are routed to one of `threads` worker queues by key hash, so every op on a key is
-// executed by the same worker in submission order. A worker drains up to `batch` ops at a time,
+// Concurrency: ops are routed to one of `threads` worker queues by key hash, so every op on a key
+// is executed by the same worker in submission order. A worker drains up to `batch` ops at a time,
 // keeps only the last op per key (a later set or del supersedes an earlier one: same final state,
-// fewer round trips), and sends the sets of a batch as one set_many and the dels as one del_many per
-// layer (one pipeline each for Redis).
-// Read-your-writes: until an op has run, pending() reports it (latest op per key), and the stack's
-// readers consult it before reading a byte layer, so a process never reads older data than it wrote.
-// Backpressure: submit() blocks while `max_pending` ops are queued (dropping a delete would leave a
-// stale value behind, so nothing is dropped while the stack lives).
-// Shutdown: the destructor waits up to `flush_timeout` for the queues to drain, then stops the
-// workers; ops still queued then are dropped, counted (`dropped`) and reported through the error
-// sink as an `unavailable` failure of each layer they were meant for.
-// Invariants: an op's ticket, if any, is completed exactly once (after it ran, or when dropped).
+// fewer round trips), and sends the sets of a batch as one set_many and the dels as one del_many
+// per layer (one pipeline each for Redis). Read-your-writes: until an op has run, pending() reports
+// it (latest op per key), and the stack's readers consult it before reading a byte layer, so a
+// process never reads older data than it wrote. Backpressure: submit() blocks while `max_pending`
+// ops are queued (dropping a delete would leave a stale value behind, so nothing is dropped while
+// the stack lives). Shutdown: the destructor waits up to `flush_timeout` for the queues to drain,
+// then stops the workers; ops still queued then are dropped, counted (`dropped`) and reported
+// through the error sink as an `unavailable` failure of each layer they were meant for. Invariants:
+// an op's ticket, if any, is completed exactly once (after it ran, or when dropped).
 #pragma once
 
 #include <atomic>
@@ -129,9 +128,7 @@ class write_behind {
   void run(std::stop_token stop, queue& q);
   void execute(std::vector<write_op>& batch);
   void retire(const write_op& op);
-  pending_shard& pending_for(std::uint64_t hash) const {
-    return pending_[hash % pending_count];
-  }
+  pending_shard& pending_for(std::uint64_t hash) const { return pending_[hash % pending_count]; }
 
   static constexpr std::size_t pending_count = 16;
   std::vector<byte_layer*> layers_;

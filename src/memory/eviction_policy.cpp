@@ -87,9 +87,9 @@ class alignas(64) lru_policy final : public eviction_policy {
 // entry gets a second chance. Victims come from probation's tail first.
 //
 // Inside protected, recency is kept CLOCK-style (second chance) rather than by moving nodes: a hit
-// only sets the node's `referenced` bit (and only if it is clear), so the L1 hit path writes no list
-// pointers and no shared list head — under uniform access an exact LRU would splice on nearly every
-// hit, touching two neighbour nodes and the head, which both costs cache misses and makes two
+// only sets the node's `referenced` bit (and only if it is clear), so the L1 hit path writes no
+// list pointers and no shared list head — under uniform access an exact LRU would splice on nearly
+// every hit, touching two neighbour nodes and the head, which both costs cache misses and makes two
 // threads contend on lines they never meant to share. When protected overflows (or must give up a
 // victim), its tail is examined: a referenced node has its bit cleared and goes back to the front;
 // the first unreferenced one is demoted. Each step clears a bit, so a sweep is bounded by the

@@ -2,8 +2,9 @@
 //
 // A policy orders the entries of one shard and names the next victim. It is called with the shard
 // lock held and must not allocate on on_access (the L1 hit path). Policies: segmented LRU (default,
-// scan-resistant) and LRU (baseline). A W-TinyLFU policy (admission by a frequency sketch in front of
-// segmented LRU) fits the same interface: on_insert may then decline admission by returning false.
+// scan-resistant) and LRU (baseline). A W-TinyLFU policy (admission by a frequency sketch in front
+// of segmented LRU) fits the same interface: on_insert may then decline admission by returning
+// false.
 #pragma once
 
 #include <cstddef>

@@ -1,12 +1,12 @@
 // memory_layer.cpp — sharded L1.
 //
 // Concurrency: the table is split into shards by the high bits of the key hash; each shard has a
-// spin lock (critical sections are tens of nanoseconds) guarding its hash chains, policy lists and counters. Counters live inside the shard (updated
-// under its lock) rather than in shared atomics, so two threads hitting different shards touch no
-// common cache line. No lock is held while a node is freed or while on_remove runs.
-// Eviction: after each insert the shard evicts policy victims while it is over max_entries or
-// max_bytes (both divided across shards so the shard bounds sum to the global ones). An entry heavier
-// than its shard's whole byte bound is evicted at once, alone.
+// spin lock (critical sections are tens of nanoseconds) guarding its hash chains, policy lists and
+// counters. Counters live inside the shard (updated under its lock) rather than in shared atomics,
+// so two threads hitting different shards touch no common cache line. No lock is held while a node
+// is freed or while on_remove runs. Eviction: after each insert the shard evicts policy victims
+// while it is over max_entries or max_bytes (both divided across shards so the shard bounds sum to
+// the global ones). An entry heavier than its shard's whole byte bound is evicted at once, alone.
 // Invariants: every node in a shard's chains is in its policy's lists and counted in count/bytes.
 #include "layercache/memory_layer.hpp"
 
@@ -27,10 +27,14 @@ namespace layercache {
 
 std::string_view to_string(removal_cause cause) noexcept {
   switch (cause) {
-    case removal_cause::expired: return "expired";
-    case removal_cause::evicted: return "evicted";
-    case removal_cause::invalidated: return "invalidated";
-    case removal_cause::replaced: return "replaced";
+    case removal_cause::expired:
+      return "expired";
+    case removal_cause::evicted:
+      return "evicted";
+    case removal_cause::invalidated:
+      return "invalidated";
+    case removal_cause::replaced:
+      return "replaced";
   }
   return "unknown";
 }
@@ -259,9 +263,10 @@ bool memory_layer::find(std::string_view key, std::uint64_t hash, hit& out, bool
     m.finish(list);
   }
   if (sampled) {
-    m.latency.record(static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
-            .count()));
+    m.latency.record(
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                       std::chrono::steady_clock::now() - start)
+                                       .count()));
   }
   return found;
 }
@@ -336,7 +341,8 @@ void memory_layer::scan(
       for (entry_node* n : s.buckets) {
         for (; n != nullptr; n = n->hash_next) {
           if (n->expires_at_ms != 0 && now >= n->expires_at_ms) continue;
-          copy.emplace_back(std::string(n->key()), hit{n->value, n->ops, n->expires_at_ms, n->negative});
+          copy.emplace_back(std::string(n->key()),
+                            hit{n->value, n->ops, n->expires_at_ms, n->negative});
         }
       }
     }

@@ -27,16 +27,19 @@ using redis_detail::result;
 void redis_layer_options::validate() const {
   if (url.empty()) throw invalid_argument_error("redis_layer: url must not be empty");
   if (ttl.count() < 0) throw invalid_argument_error("redis_layer: ttl must be >= 0");
-  if (read_deadline.count() <= 0) throw invalid_argument_error("redis_layer: read_deadline must be > 0");
+  if (read_deadline.count() <= 0)
+    throw invalid_argument_error("redis_layer: read_deadline must be > 0");
   if (write_deadline.count() <= 0) {
     throw invalid_argument_error("redis_layer: write_deadline must be > 0");
   }
-  if (max_value_bytes == 0) throw invalid_argument_error("redis_layer: max_value_bytes must be > 0");
+  if (max_value_bytes == 0)
+    throw invalid_argument_error("redis_layer: max_value_bytes must be > 0");
   if (connections == 0) throw invalid_argument_error("redis_layer: connections must be >= 1");
   if (connect_timeout.count() <= 0) {
     throw invalid_argument_error("redis_layer: connect_timeout must be > 0");
   }
-  if (breaker_failures == 0) throw invalid_argument_error("redis_layer: breaker_failures must be >= 1");
+  if (breaker_failures == 0)
+    throw invalid_argument_error("redis_layer: breaker_failures must be >= 1");
   if (breaker_open_for.count() <= 0) {
     throw invalid_argument_error("redis_layer: breaker_open_for must be > 0");
   }
@@ -63,7 +66,8 @@ std::string glob_escape(std::string_view s) {
 }
 
 // The message of an unattributed client status without its "<code>: " prefix, so that the layer
-// failure built from it reads "redis: timeout: redis: no reply ..." and not "... timeout: timeout:".
+// failure built from it reads "redis: timeout: redis: no reply ..." and not "... timeout:
+// timeout:".
 std::string bare_message(const status& s) {
   std::string m = s.message();
   if (!s.failures().empty()) return m;
@@ -103,8 +107,7 @@ struct redis_layer::impl {
   }
 
   status refused() const {
-    return status::layer_error(info.name, errc::unavailable,
-                               "circuit breaker open: redis skipped");
+    return status::layer_error(info.name, errc::unavailable, "circuit breaker open: redis skipped");
   }
 
   // Feeds a breaker and the counters from one outcome; returns the status to report (named).
@@ -135,18 +138,18 @@ struct redis_layer::impl {
                                                         : event_type::breaker_closed;
           // An ok status carries no message, so the open and half-open details are failures
           // (the layer is skipped: unavailable) that say which breaker moved; closed is ok.
-          const std::string text = label + " circuit breaker " +
-                                   std::string(detail::circuit_breaker::name(to));
-          self->emit(type, "",
-                     to == st::closed
-                         ? status()
-                         : status::layer_error(
-                               self->info.name, errc::unavailable,
-                               to == st::open
-                                   ? text + ": redis skipped for " +
-                                         std::to_string(self->options.breaker_open_for.count()) +
-                                         " ms"
-                                   : text + ": one probe let through"));
+          const std::string text =
+              label + " circuit breaker " + std::string(detail::circuit_breaker::name(to));
+          self->emit(
+              type, "",
+              to == st::closed
+                  ? status()
+                  : status::layer_error(
+                        self->info.name, errc::unavailable,
+                        to == st::open
+                            ? text + ": redis skipped for " +
+                                  std::to_string(self->options.breaker_open_for.count()) + " ms"
+                            : text + ": one probe let through"));
         });
   }
 

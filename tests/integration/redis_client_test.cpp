@@ -3,7 +3,6 @@
 // many concurrent callers, deadlines on a blackholed or paused network, server death and restart,
 // connection resets, authentication, SELECT, async commands and shutdown. Every wait is bounded and
 // waits for a condition; timing assertions allow slack (more under sanitizers).
-#include "support/await.hpp"
 #include "redis/redis_client.hpp"
 
 #include <gtest/gtest.h>
@@ -27,6 +26,7 @@
 #include "layercache/error.hpp"
 #include "redis/errors.hpp"
 #include "redis/hiredis_client.hpp"
+#include "support/await.hpp"
 #include "support/free_port.hpp"
 #include "support/redis_server.hpp"
 #include "support/tcp_fault_proxy.hpp"

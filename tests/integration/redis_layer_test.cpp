@@ -13,6 +13,8 @@
 // Every loop is bounded in count and time and waits for conditions with deadlines. Timing bounds
 // follow the issue; under sanitizers (which slow everything, the scheduler included) the slack is
 // larger. Tests that measure something print a "[ measure  ]" line.
+#include "layercache/redis_layer.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -32,12 +34,11 @@
 #include <utility>
 #include <vector>
 
-#include "support/await.hpp"
 #include "layercache/cache_stack.hpp"
 #include "layercache/detail/hash.hpp"
 #include "layercache/error.hpp"
 #include "layercache/memory_layer.hpp"
-#include "layercache/redis_layer.hpp"
+#include "support/await.hpp"
 #include "support/fake_clock.hpp"
 #include "support/redis_server.hpp"
 #include "support/tcp_fault_proxy.hpp"
@@ -61,9 +62,7 @@ constexpr auto k_bound = 10s;  // upper bound of every wait; a test that reaches
 
 using layercache::test::eventually;
 
-ms since(steady::time_point start) {
-  return std::chrono::duration_cast<ms>(steady::now() - start);
-}
+ms since(steady::time_point start) { return std::chrono::duration_cast<ms>(steady::now() - start); }
 
 // Everything the stack reported through stack_options::on_event.
 class event_log {
@@ -79,8 +78,8 @@ class event_log {
   event_callback callback() {
     return [this](const event& e) {
       std::lock_guard lock(mu_);
-      entries_.push_back({e.type, std::string(e.layer), std::string(e.key), e.detail.code(),
-                          e.detail.message()});
+      entries_.push_back(
+          {e.type, std::string(e.layer), std::string(e.key), e.detail.code(), e.detail.message()});
     };
   }
   std::vector<entry> all() const {
@@ -117,8 +116,8 @@ class event_log {
   std::string describe() const {
     std::string out;
     for (const auto& e : all()) {
-      out += std::string(to_string(e.type)) + "[" + e.layer + "] " + e.key + ": " + e.message +
-             "\n";
+      out +=
+          std::string(to_string(e.type)) + "[" + e.layer + "] " + e.key + ": " + e.message + "\n";
     }
     return out;
   }
@@ -261,15 +260,16 @@ TEST_F(RedisLayerTest, KilledAndRestartedRedisNeverFailsAReaderAndTheLayerComesB
   const auto first_open = events.find(event_type::breaker_open);
   ASSERT_NE(first_open, std::string::npos) << events.describe();
   EXPECT_NE(events.find(event_type::breaker_closed, first_open), std::string::npos)
-      << "no breaker_closed after the breaker_open\n" << events.describe();
+      << "no breaker_closed after the breaker_open\n"
+      << events.describe();
   EXPECT_GE(events.count(event_type::layer_error, "redis"), 1u);
   EXPECT_LT(recovery, 5s) << "recovery after restart took too long";
-  std::printf("[ measure  ] %llu reads by %d threads in %lld ms; outage observed after %lld ms; "
-              "back (hits + breaker closed) %lld ms after restart; %llu fetches\n",
-              static_cast<unsigned long long>(reads.load()), threads,
-              static_cast<long long>(since(start).count()),
-              static_cast<long long>(outage.count()), static_cast<long long>(recovery.count()),
-              static_cast<unsigned long long>(fetched.load()));
+  std::printf(
+      "[ measure  ] %llu reads by %d threads in %lld ms; outage observed after %lld ms; "
+      "back (hits + breaker closed) %lld ms after restart; %llu fetches\n",
+      static_cast<unsigned long long>(reads.load()), threads,
+      static_cast<long long>(since(start).count()), static_cast<long long>(outage.count()),
+      static_cast<long long>(recovery.count()), static_cast<unsigned long long>(fetched.load()));
 }
 
 // ---- integrity ---------------------------------------------------------------------------------
@@ -359,8 +359,7 @@ std::string expect_create_throws_auth_failure(const std::string& url) {
   try {
     (void)redis_layer::create(options_for(url, "auth:"));
   } catch (const invalid_argument_error& e) {
-    EXPECT_NE(std::string(e.what()).find("authentication failed"), std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("authentication failed"), std::string::npos) << e.what();
     return e.what();
   } catch (const std::exception& e) {
     ADD_FAILURE() << url << ": threw something else than invalid_argument_error: " << e.what();
@@ -508,10 +507,11 @@ TEST_F(RedisLayerTest, BackfillKeepsTheRemainingLifetimeCappedByTheMemoryTtl) {
   EXPECT_LE(fetched_pttl, 90'000);
   EXPECT_GT(capped_pttl, 15'000);
   EXPECT_LE(capped_pttl, 20'000);
-  std::printf("[ measure  ] PTTL after set(ttl 10 min) %lld ms; fetched (ttl 90 s) %lld ms; "
-              "fetched under a 20 s layer cap %lld ms\n",
-              static_cast<long long>(pttl), static_cast<long long>(fetched_pttl),
-              static_cast<long long>(capped_pttl));
+  std::printf(
+      "[ measure  ] PTTL after set(ttl 10 min) %lld ms; fetched (ttl 90 s) %lld ms; "
+      "fetched under a 20 s layer cap %lld ms\n",
+      static_cast<long long>(pttl), static_cast<long long>(fetched_pttl),
+      static_cast<long long>(capped_pttl));
 }
 
 // ---- coalescing --------------------------------------------------------------------------------
@@ -644,12 +644,14 @@ TEST_F(RedisLayerTest, BlackholedRedisCostsAMissAtMostTheReadDeadlineThenTheBrea
   const auto healed_at = steady::now();
   const auto events_before = events.size();
   int probes = 0;
-  const bool closed = eventually([&] {
-    ++probes;
-    const std::string key = "probe" + std::to_string(probes);
-    (void)cache.get<std::string>(key, [key] { return key; });
-    return metrics_of(cache, "redis").breaker_state == "closed";
-  }, open_for + 3s);
+  const bool closed = eventually(
+      [&] {
+        ++probes;
+        const std::string key = "probe" + std::to_string(probes);
+        (void)cache.get<std::string>(key, [key] { return key; });
+        return metrics_of(cache, "redis").breaker_state == "closed";
+      },
+      open_for + 3s);
   const auto closed_after = since(healed_at);
   ASSERT_TRUE(closed) << events.describe();
   // The read breaker's events name it ("read circuit breaker ..."); a closed event carries an ok
@@ -665,15 +667,13 @@ TEST_F(RedisLayerTest, BlackholedRedisCostsAMissAtMostTheReadDeadlineThenTheBrea
   EXPECT_EQ(half_open, 1u) << "not exactly one read probe\n" << events.describe();
   EXPECT_EQ(reopen, 0u) << "the read probe failed\n" << events.describe();
   EXPECT_GE(closes, 1u);
-  std::printf("[ measure  ] blackholed miss: slowest %lld ms (read_deadline %lld ms); open "
-              "breaker miss: %lld..%lld ms with a 1 ms fetcher; closed %lld ms after healing "
-              "(open_for %lld ms)\n",
-              static_cast<long long>(slowest.count()),
-              static_cast<long long>(read_deadline.count()),
-              static_cast<long long>(fastest_open.count()),
-              static_cast<long long>(slowest_open.count()),
-              static_cast<long long>(closed_after.count()),
-              static_cast<long long>(open_for.count()));
+  std::printf(
+      "[ measure  ] blackholed miss: slowest %lld ms (read_deadline %lld ms); open "
+      "breaker miss: %lld..%lld ms with a 1 ms fetcher; closed %lld ms after healing "
+      "(open_for %lld ms)\n",
+      static_cast<long long>(slowest.count()), static_cast<long long>(read_deadline.count()),
+      static_cast<long long>(fastest_open.count()), static_cast<long long>(slowest_open.count()),
+      static_cast<long long>(closed_after.count()), static_cast<long long>(open_for.count()));
 }
 
 // ---- writes ------------------------------------------------------------------------------------
@@ -710,11 +710,11 @@ TEST_F(RedisLayerTest, WritesToASlowRedisHappenOffTheCallersPath) {
   EXPECT_EQ(*cache.get<std::string>("set", [] { return std::string("unexpected"); }), "S");
   ASSERT_TRUE(cache.flush());
   EXPECT_EQ(server_.cli({"EXISTS", "slow:set"}), "1");
-  std::printf("[ measure  ] with %lld ms to Redis: get+fetch %lld ms, set %lld ms, flush of the "
-              "background write %lld ms\n",
-              static_cast<long long>(latency.count()), static_cast<long long>(get_took.count()),
-              static_cast<long long>(set_took.count()),
-              static_cast<long long>(flush_took.count()));
+  std::printf(
+      "[ measure  ] with %lld ms to Redis: get+fetch %lld ms, set %lld ms, flush of the "
+      "background write %lld ms\n",
+      static_cast<long long>(latency.count()), static_cast<long long>(get_took.count()),
+      static_cast<long long>(set_took.count()), static_cast<long long>(flush_took.count()));
 }
 
 TEST_F(RedisLayerTest, StrictSetToABlackholedRedisWaitsForTheDeadlineAndReportsTheFailure) {
@@ -743,10 +743,11 @@ TEST_F(RedisLayerTest, StrictSetToABlackholedRedisWaitsForTheDeadlineAndReportsT
   EXPECT_EQ(events.count(event_type::layer_error, "redis"), 1u) << events.describe();
   // L1 changed before the call returned: this process reads its write.
   EXPECT_EQ(*cache.get<std::string>("k", [] { return std::string("unexpected"); }), "v");
-  std::printf("[ measure  ] strict set against a blackholed Redis returned after %lld ms "
-              "(write_deadline %lld ms): %s\n",
-              static_cast<long long>(took.count()),
-              static_cast<long long>(write_deadline.count()), s.message().c_str());
+  std::printf(
+      "[ measure  ] strict set against a blackholed Redis returned after %lld ms "
+      "(write_deadline %lld ms): %s\n",
+      static_cast<long long>(took.count()), static_cast<long long>(write_deadline.count()),
+      s.message().c_str());
 }
 
 TEST_F(RedisLayerTest, DestroyingAStackWithQueuedWritesToABlackholedRedisIsBounded) {
@@ -775,11 +776,12 @@ TEST_F(RedisLayerTest, DestroyingAStackWithQueuedWritesToABlackholedRedisIsBound
   // cannot be interrupted and ends at its own deadline.
   EXPECT_LT(took, shutdown_flush_timeout + write_deadline + 150ms + k_sanitizer_slack);
   EXPECT_GE(took, shutdown_flush_timeout - 5ms) << "queued writes were not waited for at all";
-  std::printf("[ measure  ] destroying a stack with %llu queued writes to a blackholed Redis "
-              "took %lld ms (shutdown_flush_timeout %lld ms, write_deadline %lld ms)\n",
-              static_cast<unsigned long long>(queued), static_cast<long long>(took.count()),
-              static_cast<long long>(shutdown_flush_timeout.count()),
-              static_cast<long long>(write_deadline.count()));
+  std::printf(
+      "[ measure  ] destroying a stack with %llu queued writes to a blackholed Redis "
+      "took %lld ms (shutdown_flush_timeout %lld ms, write_deadline %lld ms)\n",
+      static_cast<unsigned long long>(queued), static_cast<long long>(took.count()),
+      static_cast<long long>(shutdown_flush_timeout.count()),
+      static_cast<long long>(write_deadline.count()));
 }
 
 // ---- batches -----------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
 // A program a user of the installed package would write: proves the public headers are
 // self-contained and the exported targets link.
-#include <layercache/layercache.hpp>
-
 #include <cstdio>
+#include <layercache/layercache.hpp>
 #include <string>
 
 int main() {

@@ -13,7 +13,9 @@ class fake_clock final : public clock {
  public:
   explicit fake_clock(unix_ms start = 1'700'000'000'000) : now_(start) {}
   unix_ms now_ms() const noexcept override { return now_.load(std::memory_order_acquire); }
-  void advance(std::chrono::milliseconds d) { now_.fetch_add(d.count(), std::memory_order_acq_rel); }
+  void advance(std::chrono::milliseconds d) {
+    now_.fetch_add(d.count(), std::memory_order_acq_rel);
+  }
   void set(unix_ms t) { now_.store(t, std::memory_order_release); }
 
  private:

@@ -1,7 +1,6 @@
 // cache_stack_test.cpp — the read-through API: set/get/del/clear/has/get_if_present, negative
 // caching, get_many/set_many/del_many, and the byte-layer paths (backfill with remaining lifetime,
 // writes to every layer, corruption, failing layers) over tests/unit/test_byte_layer.hpp.
-#include "support/await.hpp"
 #include "layercache/cache_stack.hpp"
 
 #include <gtest/gtest.h>
@@ -21,6 +20,7 @@
 #include <vector>
 
 #include "layercache/detail/envelope.hpp"
+#include "support/await.hpp"
 #include "support/fake_clock.hpp"
 #include "test_byte_layer.hpp"
 

@@ -177,13 +177,13 @@ TEST(CircuitBreakerTest, EveryTransitionIsReportedInOrder) {
   circuit_breaker b(opts(2, 100ms), log.callback());
   b.on_failure(t0);
   EXPECT_TRUE(log.snapshot().empty()) << "a failure below the threshold was reported";
-  b.on_failure(t0);                 // closed -> open
-  EXPECT_FALSE(b.allow(t0 + 50));   // refused: no transition
-  ASSERT_TRUE(b.allow(t0 + 100));   // open -> half_open
-  b.on_failure(t0 + 100);           // half_open -> open
-  ASSERT_TRUE(b.allow(t0 + 200));   // open -> half_open
-  b.on_success();                   // half_open -> closed
-  b.on_success();                   // closed stays closed: not reported
+  b.on_failure(t0);                // closed -> open
+  EXPECT_FALSE(b.allow(t0 + 50));  // refused: no transition
+  ASSERT_TRUE(b.allow(t0 + 100));  // open -> half_open
+  b.on_failure(t0 + 100);          // half_open -> open
+  ASSERT_TRUE(b.allow(t0 + 200));  // open -> half_open
+  b.on_success();                  // half_open -> closed
+  b.on_success();                  // closed stays closed: not reported
   const std::vector<std::pair<st, st>> expected{{st::closed, st::open},
                                                 {st::open, st::half_open},
                                                 {st::half_open, st::open},

@@ -17,8 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "support/await.hpp"
 #include "layercache/cache_stack.hpp"
+#include "support/await.hpp"
 #include "support/fake_clock.hpp"
 #include "test_byte_layer.hpp"
 

@@ -5,7 +5,6 @@
 // The recording layer applies writes to a map and logs them; a test can hold its calls on a gate
 // (to keep ops queued while it looks) or make them fail. Every wait is bounded: gates and tickets
 // are waited for with deadlines, so a broken write_behind fails a test instead of hanging it.
-#include "support/await.hpp"
 #include "core/write_behind.hpp"
 
 #include <gtest/gtest.h>
@@ -29,6 +28,7 @@
 #include <vector>
 
 #include "layercache/detail/hash.hpp"
+#include "support/await.hpp"
 
 namespace layercache::detail {
 namespace {
@@ -175,9 +175,9 @@ class recording_layer final : public byte_layer {
 
   layer_info info_;
   mutable std::mutex mu_;
-  std::function<status(std::string_view)> hook_;     // guarded by mu_
-  std::map<std::string, std::string> state_;          // guarded by mu_
-  std::vector<applied> log_;                          // guarded by mu_
+  std::function<status(std::string_view)> hook_;  // guarded by mu_
+  std::map<std::string, std::string> state_;      // guarded by mu_
+  std::vector<applied> log_;                      // guarded by mu_
 };
 
 write_op set_op(std::string_view key, std::string_view bytes, std::size_t layers = 1,
@@ -255,7 +255,8 @@ TEST(WriteBehindTest, PerKeyOrderIsKeptAcrossManyOps) {
       threads.emplace_back([&, t] {
         std::map<std::string, std::vector<applied>> mine;
         for (int i = 0; i < ops_per_submitter; ++i) {
-          const std::string key = "t" + std::to_string(t) + "k" + std::to_string(i % keys_per_submitter);
+          const std::string key =
+              "t" + std::to_string(t) + "k" + std::to_string(i % keys_per_submitter);
           if (i % 7 == 3) {
             w.submit(del_op(key));
             mine[key].push_back({write_op::kind::del, key, {}});
@@ -333,8 +334,8 @@ TEST(WriteBehindTest, ConcurrentSubmittersOfOneKeyLandWhatPendingReported) {
     g.open();
     ASSERT_TRUE(w.flush(bound));
     const auto landed = layer->value(key);
-    const bool agree = kind == write_behind::pending_kind::set ? landed == reported
-                                                                : !landed.has_value();
+    const bool agree =
+        kind == write_behind::pending_kind::set ? landed == reported : !landed.has_value();
     if (!agree) {
       ++mismatches;
       ADD_FAILURE() << "round " << round << ": pending() reported "
@@ -556,8 +557,8 @@ TEST(WriteBehindTest, DestructorWaitsAtMostFlushTimeoutAndDropsWhatIsLeftWhenALa
   std::vector<std::shared_ptr<write_ticket>> tickets;
   auto w = std::make_unique<write_behind>(
       std::vector<byte_layer*>{layer.get()},
-      write_behind::options{.threads = 1, .max_pending = 100, .batch = 1,
-                            .flush_timeout = flush_timeout},
+      write_behind::options{
+          .threads = 1, .max_pending = 100, .batch = 1, .flush_timeout = flush_timeout},
       write_behind::error_sink{}, write_behind::write_sink{});
   for (int i = 0; i < ops; ++i) {
     tickets.push_back(std::make_shared<write_ticket>());
@@ -566,11 +567,11 @@ TEST(WriteBehindTest, DestructorWaitsAtMostFlushTimeoutAndDropsWhatIsLeftWhenALa
   const auto start = sclock::now();
   w.reset();
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(sclock::now() - start);
-  std::printf("[ measure  ] destructor with a hanging layer took %lld ms (flush_timeout %lld ms, "
-              "call %lld ms)\n",
-              static_cast<long long>(took.count()),
-              static_cast<long long>(flush_timeout.count()),
-              static_cast<long long>(hang.count()));
+  std::printf(
+      "[ measure  ] destructor with a hanging layer took %lld ms (flush_timeout %lld ms, "
+      "call %lld ms)\n",
+      static_cast<long long>(took.count()), static_cast<long long>(flush_timeout.count()),
+      static_cast<long long>(hang.count()));
   EXPECT_GE(took, flush_timeout - 5ms) << "the destructor did not wait for queued writes";
   EXPECT_LT(took, flush_timeout + hang + 250ms) << "the destructor waited beyond flush_timeout";
 

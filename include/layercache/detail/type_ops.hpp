@@ -52,7 +52,7 @@ codec_id codec_id_of() {
 }
 
 template <class T>
-  requires has_codec<T>  // without a codec, only cache_stack's readable static_assert fires
+requires has_codec<T>  // without a codec, only cache_stack's readable static_assert fires
 const type_ops& ops_of() {
   static const type_ops ops{
       &typeid(T),
