@@ -171,6 +171,27 @@ struct cache_stack::impl {
     return op;
   }
 
+  // One set's L1 insert and byte-layer op, made together under the key's order stripe (encoding
+  // stays outside it). Returns the op's ticket when `strict`, else null.
+  std::shared_ptr<detail::write_ticket> apply_set(std::string_view key, std::uint64_t hash,
+                                                  const detail::type_ops& ops,
+                                                  const std::shared_ptr<const void>& value,
+                                                  unix_ms fresh_until, unix_ms now, bool strict) {
+    if (bytes.empty()) {
+      if (l1 != nullptr)
+        l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+      return nullptr;
+    }
+    auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
+    detail::write_op op =
+        make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(), nullptr, now, ticket);
+    std::lock_guard stripe(order_of(hash));
+    if (l1 != nullptr)
+      l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+    writer->submit(std::move(op));
+    return ticket;
+  }
+
   void submit_del(std::string_view key, std::uint64_t hash, std::size_t upto,
                   std::shared_ptr<detail::write_ticket> ticket) {
     detail::write_op op;
@@ -564,24 +585,8 @@ status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops
   m.flights.invalidate(key, hash);
   const unix_ms now = m.clock->now_ms();
   const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
-  if (m.bytes.empty()) {
-    if (m.l1 != nullptr) {
-      m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
-    }
-    return {};
-  }
-  std::shared_ptr<detail::write_ticket> ticket;
-  if (m.policy_of(options) == write_policy::strict)
-    ticket = std::make_shared<detail::write_ticket>();
-  detail::write_op op = m.make_set_op(key, hash, ops, value, false, fresh_until, m.bytes.size(),
-                                      nullptr, now, ticket);
-  {
-    std::lock_guard order(m.order_of(hash));
-    if (m.l1 != nullptr) {
-      m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
-    }
-    m.writer->submit(std::move(op));
-  }
+  auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now,
+                            m.policy_of(options) == write_policy::strict);
   return ticket ? ticket->wait() : status();
 }
 
@@ -598,24 +603,10 @@ status cache_stack::set_many_erased(
   for (const auto& [key, value] : entries) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
-    if (m.bytes.empty()) {
-      if (m.l1 != nullptr) {
-        m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
-      }
-      continue;
-    }
     // The background writer batches queued sets into one set_many per layer.
-    auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
-    detail::write_op op = m.make_set_op(key, hash, ops, value, false, fresh_until, m.bytes.size(),
-                                        nullptr, now, ticket);
-    {
-      std::lock_guard order(m.order_of(hash));
-      if (m.l1 != nullptr) {
-        m.l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
-      }
-      m.writer->submit(std::move(op));
+    if (auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now, strict)) {
+      tickets.push_back(std::move(ticket));
     }
-    if (ticket) tickets.push_back(std::move(ticket));
   }
   status result;
   for (auto& t : tickets) update_per_layer(result, t->wait());
