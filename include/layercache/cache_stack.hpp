@@ -63,6 +63,11 @@
 
 namespace layercache {
 
+class cache_namespace;
+namespace detail {
+struct ns_node;
+}  // namespace detail
+
 namespace detail {
 
 // What a fetcher produced, type-erased.
@@ -218,8 +223,23 @@ class cache_stack {
   status del_many(std::span<const std::string_view> keys);
 
   // Removes every entry from every layer (a prefixed Redis layer clears its prefix only) and marks
-  // every in-flight fetch stale.
+  // every in-flight fetch stale. Other instances drop their L1 (invalidation bus).
   status clear();
+
+  // Removes every key carrying `tag` (set_options::tags, get_options::tags) from every layer of
+  // this instance and, through Redis and the invalidation bus, of every instance. Marks their
+  // in-flight fetches stale. Never touches Redis on a get. Cost: one Redis script plus one bus
+  // message; keys known only to another instance's L1 or disk are removed by that instance.
+  status invalidate_tag(std::string_view tag);
+  // As invalidate_tag for several tags: keys with any of them, or only keys with all of them.
+  status invalidate_tags(std::span<const std::string> tags, tag_match match = tag_match::any);
+  // Removes every key that starts with `prefix`, everywhere (Redis: SCAN over the prefix; for
+  // invalidating a whole group often, prefer a namespace: rotate() does not scan).
+  status invalidate_prefix(std::string_view prefix);
+
+  // A scoped view whose keys and tags live under `name` (cache_namespace.hpp). Looks the
+  // namespace's generation up in Redis the first time a process uses it (one round trip).
+  cache_namespace ns(std::string_view name);
 
   // Waits until every byte-layer write queued before the call (write_policy::best_effort) has
   // reached its layers, or `timeout` passes. Returns whether everything landed. For tests, and for
@@ -282,8 +302,15 @@ class cache_stack {
                                          const snapshot_options& options,
                                          const detail::type_ops* ops);
 
+  friend class cache_namespace;
+  cache_namespace make_namespace(std::shared_ptr<const detail::ns_node> parent,
+                                 std::string_view name);
+  status rotate_namespace(const detail::ns_node& node);
+
   std::unique_ptr<impl> impl_;
   memory_layer* l1_ = nullptr;  // impl_->layers[0] when it is a memory layer
 };
 
 }  // namespace layercache
+
+#include "layercache/cache_namespace.hpp"  // ns() returns one; needs the class above

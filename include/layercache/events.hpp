@@ -28,6 +28,9 @@ enum class event_type : unsigned char {
   breaker_open,       // a remote layer failed repeatedly and is skipped for a while
   breaker_half_open,  // one probe call is let through to a skipped layer
   breaker_closed,     // the probe succeeded: the layer is used again
+  coordination_degraded,  // Redis could not coordinate a miss: single-flight fell back to the
+                          // process
+  bus_resync,             // invalidations from other instances may have been lost: L1 was dropped
 };
 
 std::string_view to_string(event_type type) noexcept;

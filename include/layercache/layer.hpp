@@ -33,6 +33,10 @@
 
 namespace layercache {
 
+namespace detail {
+class coordinator;
+}  // namespace detail
+
 enum class layer_kind : unsigned char { objects, bytes };
 
 // Payload compression a byte layer asks the stack to apply when it encodes envelopes for it
@@ -77,6 +81,10 @@ class layer {
   virtual void attach(layer_event_sink sink) { (void)sink; }
   // Adds the layer's own counters (timeouts, breaker state, ...) to its metrics. Default: none.
   virtual void contribute_metrics(layer_metrics& out) const { (void)out; }
+  // A shared layer that coordinates instances (distributed single-flight, versioned writes, the
+  // invalidation bus: the Redis layer) returns its coordinator; the stack uses the first one it
+  // finds. Internal interface (src/core/coordinator.hpp). Default: none.
+  virtual detail::coordinator* coordination() noexcept { return nullptr; }
 
  protected:
   layer() = default;

@@ -4,6 +4,7 @@
 // thread-safe).
 #pragma once
 
+#include "layercache/cache_namespace.hpp"
 #include "layercache/cache_stack.hpp"
 #include "layercache/clock.hpp"
 #include "layercache/codec.hpp"

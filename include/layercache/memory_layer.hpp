@@ -117,6 +117,9 @@ class memory_layer final : public layer {
   bool contains(std::string_view key, std::uint64_t hash) const;
   // Removes `key`; returns whether it was present.
   bool erase(std::string_view key, std::uint64_t hash, removal_cause cause);
+  // Removes every entry whose key starts with `prefix` (cause invalidated); returns how many.
+  // Visits every shard: O(entries).
+  std::size_t erase_prefix(std::string_view prefix);
   unix_ms now_ms() const noexcept;
   std::chrono::milliseconds ttl_cap() const noexcept;
 

@@ -51,6 +51,14 @@ struct metrics_snapshot {
   std::uint64_t negative_hits = 0;   // hits on a cached "not found"
   std::uint64_t stale_fills = 0;     // fetched values not stored because an invalidation raced them
   std::uint64_t pending_writes = 0;  // background byte-layer writes queued now
+  // Distributed coherence (a coordinating Redis layer in the stack):
+  std::uint64_t lease_grants = 0;     // cold misses this instance fetched under a lease
+  std::uint64_t lease_waits = 0;      // cold misses that waited for another instance's fetch
+  std::uint64_t lease_takeovers = 0;  // waits that outlasted lease_wait and took the lease over
+  std::uint64_t coordination_fallbacks = 0;  // misses coordinated only within the process
+  std::uint64_t cas_rejections = 0;          // writes refused because a newer version was stored
+  std::uint64_t bus_received = 0;            // invalidation messages applied from other instances
+  std::uint64_t bus_resyncs = 0;  // times L1 was dropped because messages may have been lost
   latency_summary fetch_latency;
 };
 

@@ -63,6 +63,12 @@ struct stack_options {
   void validate() const;
 };
 
+// How invalidate_tags() combines several tags.
+enum class tag_match : unsigned char {
+  any,  // keys carrying at least one of the tags
+  all,  // keys carrying every one of the tags
+};
+
 struct get_options {
   // Lifetime of a fetched value; unset means stack_options::ttl. Must be > 0 when set.
   std::optional<std::chrono::milliseconds> ttl{};
@@ -70,6 +76,8 @@ struct get_options {
   std::optional<std::chrono::milliseconds> negative_ttl{};
   // Bound on waiting for another caller's fetch; unset means stack_options::wait_deadline.
   std::optional<std::chrono::milliseconds> wait_deadline{};
+  // Tags of a value this call fetches (invalidate_tag removes it). Not looked at on a hit.
+  std::vector<std::string> tags{};
 
   // Inline because it runs on every get, L1 hits included; the checks run only for set fields.
   void validate() const {
@@ -83,6 +91,8 @@ struct set_options {
   std::optional<std::chrono::milliseconds> ttl{};
   // Overrides stack_options::writes for this call.
   std::optional<write_policy> policy{};
+  // Tags of the value: invalidate_tag(t) removes it from every layer and every instance.
+  std::vector<std::string> tags{};
 
   void validate() const;
 };

@@ -73,6 +73,27 @@ struct redis_layer_options {
   // Name in metrics, events and status. Default "redis".
   std::string name = "redis";
 
+  // ---- Coordination across instances (docs/design.md, "Coordination across processes") -------
+  // Distributed single-flight (leases), versioned compare-and-set writes, the invalidation bus, tag
+  // sets and namespace generations. Off: the layer is a plain shared byte store and every instance
+  // keeps its own L1 without hearing of others' writes. Default on.
+  bool coordinate = true;
+  // Lifetime of a fetch lease; the holder renews it every lease_ttl / 3 while its fetch runs, so it
+  // bounds how long others wait for a holder that died. Must be > 0. Default 3 s.
+  std::chrono::milliseconds lease_ttl{3000};
+  // While waiting for another instance's fetch, waiters are woken by a bus notification; this poll
+  // is only the safety net for a lost one. Must be > 0. Default 100 ms.
+  std::chrono::milliseconds lease_poll{100};
+  // A waiter that has waited this long for another instance's (live, renewing) lease takes it over
+  // and fetches itself. Must be > 0. Default 10 s.
+  std::chrono::milliseconds lease_wait{10000};
+  // How long a delete's tombstone (its version) stays in Redis, fencing out writes and fills that
+  // started before the delete. Must be > 0. Default 60 s.
+  std::chrono::milliseconds tombstone_ttl{60000};
+  // Cap on an L1 entry's lifetime while the bus subscription is down (this instance would not hear
+  // of other instances' writes). Must be > 0. Default 1 s.
+  std::chrono::milliseconds bus_down_l1_ttl{1000};
+
   void validate() const;
 };
 
@@ -96,6 +117,7 @@ class redis_layer final : public byte_layer {
       const std::function<bool(std::string_view key, std::string_view bytes)>& visit) override;
   void attach(layer_event_sink sink) override;
   void contribute_metrics(layer_metrics& out) const override;
+  detail::coordinator* coordination() noexcept override;
 
   // True while at least one connection is up.
   bool connected() const noexcept;

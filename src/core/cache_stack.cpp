@@ -21,11 +21,16 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <random>
 #include <unordered_map>
 
+#include "core/coordinator.hpp"
 #include "core/histogram.hpp"
 #include "core/single_flight.hpp"
+#include "core/tag_index.hpp"
+#include "core/version_clock.hpp"
 #include "core/write_behind.hpp"
+#include "layercache/cache_namespace.hpp"
 #include "layercache/detail/envelope.hpp"
 #include "layercache/detail/hash.hpp"
 
@@ -69,7 +74,30 @@ struct found_entry {
   bool negative = false;
   unix_ms fresh_until_ms = 0;
   std::string bytes;  // the envelope as stored, reused for backfill
+  std::vector<std::string> tags;
 };
+
+// What a fill carries besides the value: the lease it fills (distributed single-flight), the
+// version of a fetched value (taken when the miss began, so a delete that came later wins) and its
+// tags.
+struct fill_info {
+  std::string_view lease{};
+  std::uint64_t version = 0;
+  std::span<const std::string> tags{};
+};
+
+// A lease taken by a cold miss; given back on every path that does not fill it.
+struct lease_state {
+  std::string token;
+};
+
+constexpr std::size_t no_layer = static_cast<std::size_t>(-1);
+constexpr std::uint64_t unknown_generation = std::uint64_t{1} << 63;
+
+std::uint64_t version_of(std::string_view envelope) {
+  detail::envelope_header h;
+  return detail::peek_envelope_header(envelope, h).ok() ? h.version : 0;
+}
 
 // Adds the failures of `s` to `result`, each layer once: a batch whose keys failed in the same
 // layer reports that layer once (status::failures lists layers, not keys).
@@ -101,6 +129,19 @@ struct cache_stack::impl {
 
   std::atomic<std::uint64_t> fetches{0}, fetch_errors{0}, dedupes{0}, wait_timeouts{0},
       negative_hits{0}, stale_fills{0};
+  std::atomic<std::uint64_t> lease_grants{0}, lease_waits{0}, lease_takeovers{0},
+      coordination_fallbacks{0}, cas_rejections{0}, bus_received{0}, bus_resyncs{0};
+
+  // Distributed coherence (coordinator.hpp): the coordinating byte layer, if any.
+  detail::coordinator* coord = nullptr;
+  std::size_t coord_at = no_layer;
+  bool local_byte_layers = false;  // byte layers besides the coordinating one (disk)
+  detail::version_clock versions;
+  detail::tag_index tags;
+  // Namespace generations by path, shared with every view of the path.
+  std::mutex ns_mu;
+  std::unordered_map<std::string, std::shared_ptr<detail::ns_node>> namespaces;
+  std::unique_ptr<detail::bus_listener> bus;
   detail::latency_histogram fetch_latency;
   // A mutation's L1 change and its byte-layer op are made under the key's order stripe, so two
   // mutations of one key racing each other reach L1 and the write queue in the same order;
@@ -125,21 +166,14 @@ struct cache_stack::impl {
   // Queues the envelope of an entry for byte layers [0, upto). `stored_bytes` (an envelope read
   // from a lower layer) is reused as is; otherwise the value is encoded once per distinct
   // compression policy.
-  void submit_set(std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
-                  const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until,
-                  std::size_t upto, const std::string* stored_bytes, unix_ms now,
-                  std::shared_ptr<detail::write_ticket> ticket) {
-    writer->submit(make_set_op(key, hash, ops, value, negative, fresh_until, upto, stored_bytes,
-                               now, std::move(ticket)));
-  }
-
   // The op submit_set() queues (encoding happens here, outside any lock of the caller's).
   detail::write_op make_set_op(std::string_view key, std::uint64_t hash,
                                const detail::type_ops& ops,
                                const std::shared_ptr<const void>& value, bool negative,
                                unix_ms fresh_until, std::size_t upto,
                                const std::string* stored_bytes, unix_ms now,
-                               std::shared_ptr<detail::write_ticket> ticket) {
+                               std::shared_ptr<detail::write_ticket> ticket, std::uint64_t version,
+                               std::span<const std::string> tag_list) {
     detail::write_op op;
     op.type = detail::write_op::kind::set;
     op.key.assign(key);
@@ -164,10 +198,11 @@ struct cache_stack::impl {
       }
       if (!op.bytes[j]) {
         op.bytes[j] = std::make_shared<const std::string>(
-            encode(ops, value, negative, fresh_until, now, compress[j]));
+            encode(ops, value, negative, fresh_until, now, compress[j], version, tag_list));
       }
     }
     op.ticket = std::move(ticket);
+    op.tags.assign(tag_list.begin(), tag_list.end());
     return op;
   }
 
@@ -176,31 +211,121 @@ struct cache_stack::impl {
   std::shared_ptr<detail::write_ticket> apply_set(std::string_view key, std::uint64_t hash,
                                                   const detail::type_ops& ops,
                                                   const std::shared_ptr<const void>& value,
-                                                  unix_ms fresh_until, unix_ms now, bool strict) {
+                                                  unix_ms fresh_until, unix_ms now, bool strict,
+                                                  std::span<const std::string> tag_list) {
+    if (l1 != nullptr) index_tags(key, tag_list);
     if (bytes.empty()) {
-      if (l1 != nullptr)
-        l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+      if (l1 != nullptr) {
+        l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now),
+                   ops.weigh(value.get()));
+      }
       return nullptr;
     }
     auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
-    detail::write_op op =
-        make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(), nullptr, now, ticket);
+    detail::write_op op = make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(),
+                                      nullptr, now, ticket, versions.next(now), tag_list);
     std::lock_guard stripe(order_of(hash));
-    if (l1 != nullptr)
-      l1->insert(key, hash, value, &ops, false, fresh_until, ops.weigh(value.get()));
+    if (l1 != nullptr) {
+      l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now),
+                 ops.weigh(value.get()));
+    }
     writer->submit(std::move(op));
     return ticket;
   }
 
+  // L1 keeps an entry only briefly while the bus is down: it would not hear of other instances'
+  // changes (docs/design.md, "When the bus is down").
+  unix_ms l1_expiry(unix_ms fresh_until, unix_ms now) const {
+    if (coord == nullptr || coord->bus_up()) return fresh_until;
+    return std::min(fresh_until, now + coord->bus_down_l1_ttl().count());
+  }
+
+  void index_tags(std::string_view key, std::span<const std::string> tag_list) {
+    if (tag_list.empty()) return;
+    tags.add(key, tag_list,
+             [this](const std::string& k) { return l1->contains(k, detail::hash_key(k)); });
+  }
+
   void submit_del(std::string_view key, std::uint64_t hash, std::size_t upto,
-                  std::shared_ptr<detail::write_ticket> ticket) {
+                  std::shared_ptr<detail::write_ticket> ticket, std::uint64_t version,
+                  bool local_only = false) {
     detail::write_op op;
     op.type = detail::write_op::kind::del;
     op.key.assign(key);
     op.hash = hash;
     op.upto = upto;
     op.ticket = std::move(ticket);
+    op.version = version;
+    op.local_only = local_only;
     writer->submit(std::move(op));
+  }
+
+  // Drops this instance's copies of `key` (L1, and the byte layers only this instance uses), for a
+  // change another instance announced; the shared layer already has it.
+  void drop_local(std::string_view key) {
+    const std::uint64_t hash = detail::hash_key(key);
+    flights.invalidate(key, hash);
+    if (!local_byte_layers) {
+      if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+      return;
+    }
+    std::lock_guard stripe(order_of(hash));
+    if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+    submit_del(key, hash, bytes.size(), nullptr, 0, /*local_only=*/true);
+  }
+
+  // Removes the keys starting with `prefix` from byte layer `b` (scan, then batched deletes).
+  status erase_prefix_in(byte_layer& b, std::string_view prefix) {
+    std::vector<std::string> doomed;
+    status s = b.scan([&](std::string_view key, std::string_view) {
+      if (key.substr(0, prefix.size()) == prefix) doomed.emplace_back(key);
+      return true;
+    });
+    if (!s.ok()) return detail::attribute_to(b, s);
+    for (std::size_t i = 0; i < doomed.size(); i += 512) {
+      const std::size_t n = std::min<std::size_t>(512, doomed.size() - i);
+      status d = b.del_many(std::span<const std::string>(doomed.data() + i, n));
+      if (!d.ok()) return detail::attribute_to(b, d);
+    }
+    return {};
+  }
+
+  // ---- namespaces --------------------------------------------------------------------------
+  std::uint64_t placeholder_generation() {
+    // Redis could not say: a generation nobody else uses, so nothing stale is served meanwhile
+    // (only misses); replaced by the real one when the bus comes back (reload_generations).
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    return unknown_generation | (rng() >> 1);
+  }
+
+  void reload_generations() {
+    if (coord == nullptr) return;
+    std::vector<std::shared_ptr<detail::ns_node>> nodes;
+    {
+      std::lock_guard lock(ns_mu);
+      for (auto& [path, node] : namespaces) nodes.push_back(node);
+    }
+    for (auto& node : nodes) {
+      status error;
+      if (auto g = coord->generation(node->path, error)) move_generation(*node, *g, true);
+    }
+  }
+
+  // Moves `node` to generation `g` (never backwards, except away from a placeholder) and drops
+  // the L1 entries of the generation it leaves.
+  void move_generation(detail::ns_node& node, std::uint64_t g, bool from_redis) {
+    std::uint64_t old = node.generation->load(std::memory_order_acquire);
+    for (;;) {
+      const bool placeholder = (old & unknown_generation) != 0;
+      if (old == g || (!placeholder && g < old) || (placeholder && !from_redis)) return;
+      if (node.generation->compare_exchange_weak(old, g, std::memory_order_acq_rel)) break;
+    }
+    if (l1 == nullptr) return;
+    std::string prefix;
+    if (node.parent) node.parent->append_prefix(prefix);
+    prefix.append("@ns:").append(node.name).push_back('#');
+    prefix.append(std::to_string(old)).push_back(':');
+    l1->erase_prefix(prefix);
   }
 
   void emit(event_type type, std::string_view layer, std::string_view key, const status& detail) {
@@ -215,6 +340,16 @@ struct cache_stack::impl {
   void validate_key(std::string_view key) const {
     if (key.empty() || key.size() > options.max_key_bytes) [[unlikely]] {
       throw_bad_key(key.size());
+    }
+  }
+
+  // Keys under the coordinating layer's internal marker would collide with its leases, tag sets
+  // and counters. Checked off the L1-hit path (a reserved key never gets into L1).
+  void check_reserved(std::string_view key) const {
+    if (coord != nullptr && key.substr(0, 5) == "__lc:") [[unlikely]] {
+      throw invalid_argument_error(
+          "layercache: keys starting with '__lc:' are reserved for the "
+          "coordination state of the Redis layer");
     }
   }
 
@@ -284,8 +419,9 @@ struct cache_stack::impl {
     }
     st.hits.fetch_add(1, std::memory_order_relaxed);
     if (env.header.negative) negative_hits.fetch_add(1, std::memory_order_relaxed);
+    versions.observe(env.header.version);
     return found_entry{std::move(value), env.header.negative, env.header.fresh_until_ms,
-                       std::move(*r.bytes)};
+                       std::move(*r.bytes), std::move(env.tags)};
   }
 
   std::optional<found_entry> read(std::size_t i, std::string_view key,
@@ -300,7 +436,9 @@ struct cache_stack::impl {
   // each byte layer in order. `found_at` is the index of the layer that answered (0 for a queued
   // write: nothing above it needs a backfill but L1).
   std::optional<found_entry> find_below(std::string_view key, std::uint64_t hash,
-                                        const detail::type_ops& ops, std::size_t& found_at) {
+                                        const detail::type_ops& ops, std::size_t& found_at,
+                                        lease_state* lease = nullptr,
+                                        const get_options* call = nullptr) {
     std::shared_ptr<const std::string> own;
     switch (pending(key, hash, &own)) {
       case detail::write_behind::pending_kind::del:
@@ -312,6 +450,13 @@ struct cache_stack::impl {
         break;
     }
     for (std::size_t i = 0; i < bytes.size(); ++i) {
+      if (i == coord_at && lease != nullptr) {
+        if (auto e = acquire(i, key, ops, *lease, *call)) {
+          found_at = i;
+          return e;
+        }
+        continue;
+      }
       if (auto e = read(i, key, ops)) {
         found_at = i;
         return e;
@@ -320,40 +465,132 @@ struct cache_stack::impl {
     return std::nullopt;
   }
 
+  // Round trip 1 of a cold miss at the coordinating layer i (docs/design.md, "Distributed
+  // single-flight"): the value, or a lease (then the caller reads lower layers and fetches), or
+  // another instance's lease — then wait to be woken, and ask again. Redis trouble degrades to
+  // process-local single-flight (no lease).
+  std::optional<found_entry> acquire(std::size_t i, std::string_view key,
+                                     const detail::type_ops& ops, lease_state& lease,
+                                     const get_options& call) {
+    byte_layer_stats& st = stats[i];
+    const auto start = steady::now();
+    const auto take_over_at = start + coord->lease_wait();
+    const auto deadline = wait_deadline(call);
+    const auto give_up_at = deadline.count() > 0 ? start + deadline : steady::time_point::max();
+    bool force = false, waited = false, retried = false;
+    for (;;) {
+      const auto t0 = steady::now();
+      detail::lease_answer a = coord->acquire(key, force);
+      st.latency.record(elapsed_ns(t0));
+      switch (a.type) {
+        case detail::lease_answer::kind::value: {
+          if (auto e =
+                  take(i, key, byte_read{status(), std::move(a.bytes)}, ops, clock->now_ms())) {
+            return e;
+          }
+          // Expired (a clock ahead of Redis's) or corrupt (take() removed it): ask once more,
+          // then fetch without a lease rather than loop.
+          if (retried) return std::nullopt;
+          retried = true;
+          continue;
+        }
+        case detail::lease_answer::kind::granted:
+          if (!retried)
+            st.misses.fetch_add(1, std::memory_order_relaxed);  // else counted by take()
+          lease_grants.fetch_add(1, std::memory_order_relaxed);
+          lease.token = std::move(a.token);
+          return std::nullopt;
+        case detail::lease_answer::kind::held: {
+          if (!waited) {
+            waited = true;
+            lease_waits.fetch_add(1, std::memory_order_relaxed);
+          }
+          const auto now = steady::now();
+          if (now >= give_up_at) {
+            wait_timeouts.fetch_add(1, std::memory_order_relaxed);
+            status s(errc::timeout, "waited " + std::to_string(deadline.count()) +
+                                        " ms for another instance's fetch");
+            emit(event_type::wait_timeout, bytes[i]->info().name, key, s);
+            throw wait_timeout_error("layercache: waited " + std::to_string(deadline.count()) +
+                                     " ms for another instance's fetch of '" + std::string(key) +
+                                     "'");
+          }
+          if (now >= take_over_at) {
+            if (!force) lease_takeovers.fetch_add(1, std::memory_order_relaxed);
+            force = true;
+            continue;
+          }
+          coord->await_fill(key, std::min(take_over_at, give_up_at));
+          continue;
+        }
+        case detail::lease_answer::kind::failed:
+          st.errors.fetch_add(1, std::memory_order_relaxed);
+          st.misses.fetch_add(1, std::memory_order_relaxed);
+          coordination_fallbacks.fetch_add(1, std::memory_order_relaxed);
+          emit(event_type::layer_error, bytes[i]->info().name, key, a.error);
+          emit(event_type::coordination_degraded, bytes[i]->info().name, key,
+               status::layer_error(bytes[i]->info().name, a.error.code(),
+                                   "single-flight within this process only: " + a.error.message()));
+          return std::nullopt;
+      }
+    }
+  }
+
+  void give_back(std::string_view key, lease_state& lease) {
+    if (lease.token.empty() || coord == nullptr) return;
+    coord->release(key, lease.token);
+    lease.token.clear();
+  }
+
   // Queues an entry for byte layers [0, upto) and, unless the flight was invalidated meanwhile,
   // stores it in L1. The caller returns as soon as L1 holds it; the byte layers are written in the
   // background, in order with every other write of the key.
   void store(flight* f, std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
              const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until,
-             std::size_t upto, const std::string* stored_bytes, unix_ms now) {
+             std::size_t upto, const std::string* stored_bytes, unix_ms now,
+             const fill_info& fill = {}) {
     // A flight invalidated before we queue anything queues nothing: its compensating delete below
     // would also remove what an invalidating set() queued for the byte layers.
     const bool stale_already = f != nullptr && flights.invalidated(*f);
-    if (upto > 0 && !stale_already) {
-      submit_set(key, hash, ops, value, negative, fresh_until, upto, stored_bytes, now, nullptr);
+    const std::uint64_t version =
+        stored_bytes != nullptr ? version_of(*stored_bytes) : fill.version;
+    const bool queue = upto > 0 && !stale_already;
+    if (queue) {
+      detail::write_op op = make_set_op(key, hash, ops, value, negative, fresh_until, upto,
+                                        stored_bytes, now, nullptr, version, fill.tags);
+      op.fill = true;
+      op.lease.assign(fill.lease);
+      writer->submit(std::move(op));
+    } else if (!fill.lease.empty() && coord != nullptr) {
+      coord->release(key, fill.lease);
     }
+    const unix_ms l1_until = l1_expiry(fresh_until, now);
     auto insert_l1 = [&] {
       if (l1 != nullptr) {
-        l1->insert(key, hash, value, &ops, negative, fresh_until,
-                   value ? ops.weigh(value.get()) : 0);
+        l1->insert(key, hash, value, &ops, negative, l1_until, value ? ops.weigh(value.get()) : 0);
       }
     };
     if (f == nullptr) {
       insert_l1();
+      if (l1 != nullptr) index_tags(key, fill.tags);
       return;
     }
     if (!flights.publish(*f, insert_l1)) {
       stale_fills.fetch_add(1, std::memory_order_relaxed);
       emit(event_type::stale_fill, "", key,
            status(errc::ok, "fetched value not stored: invalidated during the fetch"));
-      // Queued after our write, so it undoes it in the byte layers.
-      if (upto > 0 && !stale_already) submit_del(key, hash, upto, nullptr);
+      // Queued after our write, so it undoes it in the byte layers. It carries the fill's own
+      // version: in Redis it removes our fill, never the newer value that invalidated it.
+      if (queue) submit_del(key, hash, upto, nullptr, version);
+    } else if (l1 != nullptr) {
+      index_tags(key, fill.tags);
     }
   }
 
   std::string encode(const detail::type_ops& ops, const std::shared_ptr<const void>& value,
                      bool negative, unix_ms fresh_until, unix_ms now,
-                     const detail::compression_policy& policy) const {
+                     const detail::compression_policy& policy, std::uint64_t version,
+                     std::span<const std::string> tag_list) const {
     detail::envelope_header h;
     h.fresh_until_ms = fresh_until;
     h.stale_until_ms = fresh_until;
@@ -362,9 +599,10 @@ struct cache_stack::impl {
     h.type_fingerprint = ops.fingerprint;
     h.codec = ops.codec;
     h.negative = negative;
+    h.version = version;
     std::string payload;
     if (!negative) ops.encode(value.get(), payload);
-    return detail::encode_envelope(h, {}, payload, policy);
+    return detail::encode_envelope(h, tag_list, payload, policy);
   }
 
   std::shared_ptr<const void> wait(flight& f, std::chrono::milliseconds deadline, bool& absent) {
@@ -390,6 +628,65 @@ struct cache_stack::impl {
   std::chrono::milliseconds wait_deadline(const get_options& o) const {
     return o.wait_deadline ? *o.wait_deadline : options.wait_deadline;
   }
+
+  // ---- the invalidation bus: what other instances changed ------------------------------------
+  // Runs on the coordinator's bus thread. Everything here only drops local copies; the shared
+  // layer already holds the change.
+  struct bus_sink final : detail::bus_listener {
+    explicit bus_sink(impl& owner) : m(owner) {}
+    impl& m;
+
+    void on_keys(std::span<const std::string> keys) override {
+      m.bus_received.fetch_add(1, std::memory_order_relaxed);
+      for (const auto& k : keys) m.drop_local(k);
+    }
+    void on_tags(std::span<const std::string> tag_list, bool all,
+                 std::span<const std::string> keys) override {
+      m.bus_received.fetch_add(1, std::memory_order_relaxed);
+      for (const auto& k : keys) m.drop_local(k);
+      for (const auto& k : m.tags.take(tag_list, all)) m.drop_local(k);
+    }
+    void on_prefix(std::string_view prefix) override {
+      m.bus_received.fetch_add(1, std::memory_order_relaxed);
+      m.flights.invalidate_all();
+      if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
+      for (std::size_t i = 0; i < m.bytes.size(); ++i) {
+        if (i != m.coord_at) (void)m.erase_prefix_in(*m.bytes[i], prefix);
+      }
+    }
+    void on_clear() override {
+      m.bus_received.fetch_add(1, std::memory_order_relaxed);
+      m.flights.invalidate_all();
+      m.tags.clear();
+      if (m.l1 != nullptr) (void)m.l1->clear();
+      for (std::size_t i = 0; i < m.bytes.size(); ++i) {
+        if (i != m.coord_at) (void)m.bytes[i]->clear();
+      }
+    }
+    void on_rotate(std::string_view path, std::uint64_t generation) override {
+      m.bus_received.fetch_add(1, std::memory_order_relaxed);
+      std::shared_ptr<detail::ns_node> node;
+      {
+        std::lock_guard lock(m.ns_mu);
+        auto it = m.namespaces.find(std::string(path));
+        if (it == m.namespaces.end()) return;  // never used here: nothing to drop
+        node = it->second;
+      }
+      m.move_generation(*node, generation, true);
+    }
+    void on_lost(std::string_view why) override {
+      // Which keys were changed meanwhile is unknown: drop all of L1 (the shared layer is the
+      // truth) and re-read the namespace generations. The disk layer is kept: its entries are
+      // versioned against Redis's tombstones (docs/design.md, "When the bus is down").
+      m.bus_resyncs.fetch_add(1, std::memory_order_relaxed);
+      m.flights.invalidate_all();
+      m.tags.clear();
+      if (m.l1 != nullptr) (void)m.l1->clear();
+      m.emit(event_type::bus_resync, m.bytes[m.coord_at]->info().name, "",
+             status(errc::unavailable, std::string(why) + ": L1 dropped"));
+      m.reload_generations();
+    }
+  };
 };
 
 cache_stack::cache_stack(std::vector<std::shared_ptr<layer>> layers, stack_options options)
@@ -418,6 +715,13 @@ cache_stack::cache_stack(std::vector<std::shared_ptr<layer>> layers, stack_optio
     }
   }
   m.stats = std::make_unique<byte_layer_stats[]>(m.bytes.size());
+  for (std::size_t i = 0; i < m.bytes.size() && m.coord == nullptr; ++i) {
+    if (auto* c = m.bytes[i]->coordination()) {
+      m.coord = c;
+      m.coord_at = i;
+    }
+  }
+  m.local_byte_layers = m.bytes.size() > (m.coord != nullptr ? 1U : 0U);
   m.layers = std::move(layers);
   for (auto& l : m.layers) {
     impl* self = &m;
@@ -436,18 +740,31 @@ cache_stack::cache_stack(std::vector<std::shared_ptr<layer>> layers, stack_optio
         detail::write_behind::options{.threads = m.options.write_threads,
                                       .max_pending = m.options.max_pending_writes,
                                       .batch = 256,
-                                      .flush_timeout = m.options.shutdown_flush_timeout},
+                                      .flush_timeout = m.options.shutdown_flush_timeout,
+                                      .coord = m.coord,
+                                      .coord_at = m.coord_at},
         [self](std::size_t j, std::string_view key, const status& s) {
           self->stats[j].errors.fetch_add(1, std::memory_order_relaxed);
           self->emit(event_type::layer_error, self->bytes[j]->info().name, key, s);
         },
         [self](std::size_t j, std::size_t n) {
           self->stats[j].writes.fetch_add(n, std::memory_order_relaxed);
+        },
+        [self](std::string_view key, std::uint64_t hash) {
+          // Redis holds a newer version than the write we made: our L1 copy is the older one.
+          self->cas_rejections.fetch_add(1, std::memory_order_relaxed);
+          self->flights.invalidate(key, hash);
+          if (self->l1 != nullptr) self->l1->erase(key, hash, removal_cause::invalidated);
         });
+  }
+  if (m.coord != nullptr) {
+    m.bus = std::make_unique<impl::bus_sink>(m);
+    m.coord->listen(m.bus.get());
   }
 }
 
 cache_stack::~cache_stack() {
+  if (impl_->coord != nullptr) impl_->coord->unlisten(impl_->bus.get());  // no callback after it
   impl_->writer.reset();  // flush queued writes (bounded) while layers and sinks are valid
   for (auto& l : impl_->layers) l->attach({});  // layers may outlive the stack
 }
@@ -489,6 +806,7 @@ std::shared_ptr<const void> cache_stack::get_slow(std::string_view key, std::uin
     }
 
     flight& fl = *f;
+    lease_state lease;
     try {
       // The value may have landed between our L1 miss and join(): look again before fetching, or
       // a caller descheduled in that window would fetch a second time.
@@ -499,10 +817,15 @@ std::shared_ptr<const void> cache_stack::get_slow(std::string_view key, std::uin
         detail::flight_table::complete(fl, hit.value, hit.negative, nullptr);
         return hit.value;
       }
+      m.check_reserved(key);
+      // A fetched value is as old as the moment the miss began: a delete issued after it has a
+      // newer version and wins in Redis, whenever the fill lands.
+      const std::uint64_t version = m.versions.next(m.clock->now_ms());
       std::size_t at = 0;
-      if (auto e = m.find_below(key, hash, ops, at)) {
+      if (auto e = m.find_below(key, hash, ops, at, &lease, &options)) {
         m.store(&fl, key, hash, ops, e->value, e->negative, e->fresh_until_ms, at, &e->bytes,
-                m.clock->now_ms());
+                m.clock->now_ms(), fill_info{lease.token, 0, e->tags});
+        lease.token.clear();  // store() filled or released it
         detail::flight_table::complete(fl, e->value, e->negative, nullptr);
         return e->value;
       }
@@ -526,13 +849,16 @@ std::shared_ptr<const void> cache_stack::get_slow(std::string_view key, std::uin
                                   : options.ttl.value_or(m.options.ttl);
       if (ttl.count() > 0) {
         m.store(&fl, key, hash, ops, r.value, r.negative, now + ttl.count(), m.bytes.size(),
-                nullptr, now);
+                nullptr, now, fill_info{lease.token, version, options.tags});
+        lease.token.clear();
       } else {
         m.flights.abandon(fl);
+        m.give_back(key, lease);
       }
       detail::flight_table::complete(fl, r.value, r.negative, nullptr);
       return r.value;
     } catch (...) {
+      m.give_back(key, lease);
       m.flights.abandon(fl);
       detail::flight_table::complete(fl, nullptr, false, std::current_exception());
       throw;
@@ -562,7 +888,7 @@ std::shared_ptr<const void> cache_stack::get_if_present_erased(std::string_view 
     std::size_t at = 0;
     if (auto e = m.find_below(key, hash, ops, at)) {
       m.store(&fl, key, hash, ops, e->value, e->negative, e->fresh_until_ms, at, &e->bytes,
-              m.clock->now_ms());
+              m.clock->now_ms(), fill_info{{}, 0, e->tags});
       detail::flight_table::complete(fl, e->value, e->negative, nullptr);
       return e->value;
     }
@@ -581,12 +907,13 @@ status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops
   impl& m = *impl_;
   m.validate_key(key);
   options.validate();
+  m.check_reserved(key);
   const std::uint64_t hash = detail::hash_key(key);
   m.flights.invalidate(key, hash);
   const unix_ms now = m.clock->now_ms();
   const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
   auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now,
-                            m.policy_of(options) == write_policy::strict);
+                            m.policy_of(options) == write_policy::strict, options.tags);
   return ticket ? ticket->wait() : status();
 }
 
@@ -595,7 +922,10 @@ status cache_stack::set_many_erased(
     const detail::type_ops& ops, const set_options& options) {
   impl& m = *impl_;
   options.validate();
-  for (const auto& [key, value] : entries) m.validate_key(key);
+  for (const auto& [key, value] : entries) {
+    m.validate_key(key);
+    m.check_reserved(key);
+  }
   const unix_ms now = m.clock->now_ms();
   const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
   const bool strict = m.policy_of(options) == write_policy::strict;
@@ -604,7 +934,7 @@ status cache_stack::set_many_erased(
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
     // The background writer batches queued sets into one set_many per layer.
-    if (auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now, strict)) {
+    if (auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now, strict, options.tags)) {
       tickets.push_back(std::move(ticket));
     }
   }
@@ -624,7 +954,10 @@ status cache_stack::del_many(std::span<const std::string> keys) {
 
 status cache_stack::del_many(std::span<const std::string_view> keys) {
   impl& m = *impl_;
-  for (const auto& key : keys) m.validate_key(key);
+  for (const auto& key : keys) {
+    m.validate_key(key);
+    m.check_reserved(key);
+  }
   const bool strict = m.options.writes == write_policy::strict;
   std::vector<std::shared_ptr<detail::write_ticket>> tickets;
   for (const auto& key : keys) {
@@ -638,7 +971,7 @@ status cache_stack::del_many(std::span<const std::string_view> keys) {
     {
       std::lock_guard order(m.order_of(hash));
       if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
-      m.submit_del(key, hash, m.bytes.size(), ticket);
+      m.submit_del(key, hash, m.bytes.size(), ticket, m.versions.next(m.clock->now_ms()));
     }
     if (ticket) tickets.push_back(std::move(ticket));
   }
@@ -682,7 +1015,11 @@ status cache_stack::clear() {
   // Writes queued before the clear must land before it, or they would resurrect cleared entries
   // (and read-your-writes would keep serving them meanwhile).
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
+  m.tags.clear();
   for (auto& l : m.layers) result.update(detail::attribute_to(*l, l->clear()));
+  if (m.coord != nullptr) {
+    result.update(detail::attribute_to(*m.bytes[m.coord_at], m.coord->announce_clear()));
+  }
   return result;
 }
 
@@ -691,7 +1028,10 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
     const get_options& options) {
   impl& m = *impl_;
   options.validate();
-  for (const auto& key : keys) m.validate_key(key);
+  for (const auto& key : keys) {
+    m.validate_key(key);
+    m.check_reserved(key);
+  }
   std::vector<std::shared_ptr<const void>> results(keys.size());
 
   // Unique keys, each with the positions it fills.
@@ -741,6 +1081,9 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
   // Lead our keys to completion before waiting on anyone else's, so two get_many calls that lead
   // keys the other awaits cannot deadlock.
   if (!led.empty()) {
+    // get_many coordinates its fetch within the process only (no leases: a batch would need one per
+    // key); its fills are still versioned, so they never replace a newer value in Redis.
+    const std::uint64_t version = m.versions.next(m.clock->now_ms());
     try {
       std::size_t remaining = led.size();
       for (auto& p : led) {
@@ -754,7 +1097,7 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
           if (auto e = m.take(0, p.key, byte_read{status(), std::string(*own)}, ops,
                               m.clock->now_ms())) {
             m.store(p.f.get(), p.key, p.hash, ops, e->value, e->negative, e->fresh_until_ms, 0,
-                    &e->bytes, m.clock->now_ms());
+                    &e->bytes, m.clock->now_ms(), fill_info{{}, 0, e->tags});
             detail::flight_table::complete(*p.f, e->value, e->negative, nullptr);
             fill(p.key, e->value);
             p.done = true;
@@ -796,7 +1139,7 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
           if (auto e = m.take(i, asked[k]->key, std::move(r), ops, now)) {
             pending& p = *asked[k];
             m.store(p.f.get(), p.key, p.hash, ops, e->value, e->negative, e->fresh_until_ms, i,
-                    &e->bytes, now);
+                    &e->bytes, now, fill_info{{}, 0, e->tags});
             detail::flight_table::complete(*p.f, e->value, e->negative, nullptr);
             fill(p.key, e->value);
             p.done = true;
@@ -842,7 +1185,7 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
                                       : options.ttl.value_or(m.options.ttl);
           if (ttl.count() > 0) {
             m.store(p.f.get(), p.key, p.hash, ops, r.value, r.negative, now + ttl.count(),
-                    m.bytes.size(), nullptr, now);
+                    m.bytes.size(), nullptr, now, fill_info{{}, version, options.tags});
           } else {
             m.flights.abandon(*p.f);
           }
@@ -920,7 +1263,128 @@ metrics_snapshot cache_stack::metrics() const {
   out.stale_fills = m.stale_fills.load(std::memory_order_relaxed);
   out.fetch_latency = m.fetch_latency.summary();
   out.pending_writes = m.writer ? m.writer->queued() : 0;
+  out.lease_grants = m.lease_grants.load(std::memory_order_relaxed);
+  out.lease_waits = m.lease_waits.load(std::memory_order_relaxed);
+  out.lease_takeovers = m.lease_takeovers.load(std::memory_order_relaxed);
+  out.coordination_fallbacks = m.coordination_fallbacks.load(std::memory_order_relaxed);
+  out.cas_rejections = m.cas_rejections.load(std::memory_order_relaxed);
+  out.bus_received = m.bus_received.load(std::memory_order_relaxed);
+  out.bus_resyncs = m.bus_resyncs.load(std::memory_order_relaxed);
   return out;
+}
+
+status cache_stack::invalidate_tag(std::string_view tag) {
+  const std::string one(tag);
+  return invalidate_tags(std::span<const std::string>(&one, 1), tag_match::any);
+}
+
+status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_match match) {
+  impl& m = *impl_;
+  if (tag_list.empty()) return {};
+  const bool all = match == tag_match::all;
+  // Our own queued writes first: a tagged set still in the queue would otherwise land after the
+  // invalidation and bring the key back.
+  if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
+  std::vector<std::string> keys = m.tags.take(tag_list, all);
+  status result;
+  if (m.coord != nullptr) {
+    std::vector<std::string> removed;
+    status s = m.coord->invalidate_tags(tag_list, all, m.versions.next(m.clock->now_ms()), removed);
+    result.update(detail::attribute_to(*m.bytes[m.coord_at], s));
+    keys.insert(keys.end(), std::make_move_iterator(removed.begin()),
+                std::make_move_iterator(removed.end()));
+  }
+  // This instance's copies; the coordinating layer was handled by its script (tombstones).
+  for (const auto& key : keys) {
+    const std::uint64_t hash = detail::hash_key(key);
+    m.flights.invalidate(key, hash);
+    if (m.bytes.empty()) {
+      if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
+      continue;
+    }
+    std::lock_guard stripe(m.order_of(hash));
+    if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
+    m.submit_del(key, hash, m.bytes.size(), nullptr, m.versions.next(m.clock->now_ms()),
+                 /*local_only=*/m.coord != nullptr);
+  }
+  return result;
+}
+
+status cache_stack::invalidate_prefix(std::string_view prefix) {
+  impl& m = *impl_;
+  if (prefix.empty()) return clear();
+  if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
+  m.flights.invalidate_all();
+  if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
+  status result;
+  for (std::size_t i = 0; i < m.bytes.size(); ++i) {
+    if (i == m.coord_at) {
+      result.update(detail::attribute_to(
+          *m.bytes[i], m.coord->invalidate_prefix(prefix, m.versions.next(m.clock->now_ms()))));
+    } else {
+      result.update(m.erase_prefix_in(*m.bytes[i], prefix));
+    }
+  }
+  return result;
+}
+
+cache_namespace cache_stack::ns(std::string_view name) { return make_namespace(nullptr, name); }
+
+cache_namespace cache_stack::make_namespace(std::shared_ptr<const detail::ns_node> parent,
+                                            std::string_view name) {
+  impl& m = *impl_;
+  if (name.empty() || name.find('/') != std::string_view::npos) {
+    throw invalid_argument_error("layercache: a namespace name must be non-empty and free of '/'");
+  }
+  std::string path = parent ? parent->path + "/" + std::string(name) : std::string(name);
+  {
+    std::lock_guard lock(m.ns_mu);
+    auto it = m.namespaces.find(path);
+    if (it != m.namespaces.end()) return cache_namespace(this, it->second);
+  }
+  auto node = std::make_shared<detail::ns_node>();
+  node->name = std::string(name);
+  node->path = path;
+  node->parent = std::move(parent);
+  std::uint64_t generation = 0;
+  if (m.coord != nullptr) {
+    status error;
+    if (auto g = m.coord->generation(path, error)) {
+      generation = *g;
+    } else {
+      generation = m.placeholder_generation();
+      m.emit(event_type::layer_error, m.bytes[m.coord_at]->info().name, path,
+             status::layer_error(m.bytes[m.coord_at]->info().name, error.code(),
+                                 "namespace generation unknown (" + error.message() +
+                                     "): using a private one until the bus is back"));
+    }
+  }
+  node->generation = std::make_shared<std::atomic<std::uint64_t>>(generation);
+  std::lock_guard lock(m.ns_mu);
+  auto [it, inserted] = m.namespaces.try_emplace(std::move(path), std::move(node));
+  return cache_namespace(this, it->second);
+}
+
+status cache_stack::rotate_namespace(const detail::ns_node& node) {
+  impl& m = *impl_;
+  std::shared_ptr<detail::ns_node> registered;
+  {
+    std::lock_guard lock(m.ns_mu);
+    auto it = m.namespaces.find(node.path);
+    if (it == m.namespaces.end()) return status(errc::internal, "namespace not registered");
+    registered = it->second;
+  }
+  std::uint64_t next = 0;
+  if (m.coord != nullptr) {
+    status error;
+    auto g = m.coord->rotate(node.path, error);
+    if (!g) return detail::attribute_to(*m.bytes[m.coord_at], error);
+    next = *g;
+  } else {
+    next = (registered->generation->load(std::memory_order_acquire) & ~unknown_generation) + 1;
+  }
+  m.move_generation(*registered, next, true);
+  return {};
 }
 
 }  // namespace layercache

@@ -22,6 +22,10 @@ std::string_view to_string(event_type type) noexcept {
       return "breaker_half_open";
     case event_type::breaker_closed:
       return "breaker_closed";
+    case event_type::coordination_degraded:
+      return "coordination_degraded";
+    case event_type::bus_resync:
+      return "bus_resync";
   }
   return "unknown";
 }

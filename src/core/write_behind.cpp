@@ -20,11 +20,12 @@ status write_ticket::wait() {
 }
 
 write_behind::write_behind(std::vector<byte_layer*> layers, options opts, error_sink on_error,
-                           write_sink on_write)
+                           write_sink on_write, reject_sink on_reject)
     : layers_(std::move(layers)),
       opts_(opts),
       on_error_(std::move(on_error)),
       on_write_(std::move(on_write)),
+      on_reject_(std::move(on_reject)),
       queues_(std::make_unique<queue[]>(std::max<std::size_t>(1, opts.threads))),
       pending_(std::make_unique<pending_shard[]>(pending_count)) {
   opts_.threads = std::max<std::size_t>(1, opts_.threads);
@@ -109,6 +110,7 @@ void write_behind::run(std::stop_token stop, queue& q) {
           const status lost(errc::unavailable,
                             "write dropped at shutdown: the flush timeout passed");
           if (op.ticket) op.ticket->complete(lost);
+          if (!op.lease.empty() && opts_.coord != nullptr) opts_.coord->release(op.key, op.lease);
           // Reported per layer like any failed write, so a dropped write is observable (the
           // counter dies with the stack).
           if (on_error_) {
@@ -145,13 +147,26 @@ void write_behind::execute(std::vector<write_op>& batch) {
   for (std::size_t i = 0; i < batch.size(); ++i) last[batch[i].key] = i;
 
   std::vector<status> result(batch.size());
+  if (opts_.coord != nullptr) {
+    // A superseded fill never reaches the coordinator: give its lease back so that instances
+    // waiting for it do not wait for the lease to expire.
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const write_op& op = batch[i];
+      if (!op.lease.empty() && last[op.key] != i) opts_.coord->release(op.key, op.lease);
+    }
+  }
   for (std::size_t j = 0; j < layers_.size(); ++j) {
+    if (j == opts_.coord_at) {
+      execute_coordinated(batch, last, result);
+      continue;
+    }
     std::vector<byte_write> writes;
     std::vector<std::string> dels;
     std::vector<std::size_t> set_idx, del_idx;
     for (const auto& [key, i] : last) {
       const write_op& op = batch[i];
       if (op.upto <= j) continue;
+      (void)key;
       if (op.type == write_op::kind::set) {
         writes.push_back(byte_write{op.key, *op.bytes[j], op.expires[j]});
         set_idx.push_back(i);
@@ -188,6 +203,47 @@ void write_behind::execute(std::vector<write_op>& batch) {
   queued_.fetch_sub(batch.size(), std::memory_order_relaxed);
   { std::lock_guard lock(space_mu_); }
   space_cv_.notify_all();
+}
+
+void write_behind::execute_coordinated(
+    std::vector<write_op>& batch, const std::unordered_map<std::string_view, std::size_t>& last,
+    std::vector<status>& result) {
+  const std::size_t j = opts_.coord_at;
+  std::vector<coordinated_write> writes;
+  std::vector<std::size_t> idx;
+  for (const auto& [key, i] : last) {
+    const write_op& op = batch[i];
+    if (op.upto <= j || op.local_only) {
+      // Not meant for this layer, but a lease taken for it must still be given back.
+      if (!op.lease.empty()) opts_.coord->release(op.key, op.lease);
+      continue;
+    }
+    coordinated_write w;
+    w.key = op.key;
+    if (op.type == write_op::kind::set) {
+      w.type = op.fill ? coordinated_write::kind::fill : coordinated_write::kind::set;
+      w.bytes = *op.bytes[j];
+      w.expires_at_ms = op.expires[j];
+      w.lease = op.lease;
+      w.tags = op.tags;
+    } else {
+      w.type = coordinated_write::kind::del;
+      w.version = op.version;
+    }
+    writes.push_back(w);
+    idx.push_back(i);
+  }
+  if (writes.empty()) return;
+  coordinated_result r = opts_.coord->write(writes);
+  status s = attribute_to(*layers_[j], r.error);
+  if (s.ok() && on_write_) on_write_(j, writes.size());
+  if (!s.ok()) {
+    if (on_error_) on_error_(j, writes.front().key, s);
+    for (std::size_t i : idx) result[i].update(s);
+  }
+  for (std::size_t k = 0; k < idx.size() && k < r.rejected.size(); ++k) {
+    if (r.rejected[k] && on_reject_) on_reject_(batch[idx[k]].key, batch[idx[k]].hash);
+  }
 }
 
 void write_behind::retire(const write_op& op) {

@@ -29,6 +29,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/coordinator.hpp"
 #include "layercache/clock.hpp"
 #include "layercache/layer.hpp"
 
@@ -72,6 +73,12 @@ struct write_op {
   std::vector<unix_ms> expires;
   std::shared_ptr<write_ticket> ticket;  // null: nobody waits
   std::uint64_t seq = 0;                 // assigned by submit()
+  // For the coordinating layer (coordinator.hpp):
+  bool fill = false;              // set: a fetched/backfilled value (not announced), not a mutation
+  std::string lease;              // fill: the lease it fills and releases
+  std::uint64_t version = 0;      // del: the tombstone's version
+  std::vector<std::string> tags;  // set: tag sets the key joins
+  bool local_only = false;  // skip the coordinating layer (applying another instance's change)
 };
 
 class write_behind {
@@ -81,13 +88,18 @@ class write_behind {
     std::size_t max_pending = 65536;
     std::size_t batch = 256;
     std::chrono::milliseconds flush_timeout{2000};
+    // The coordinating layer, written through the coordinator instead of set_many/del_many.
+    coordinator* coord = nullptr;
+    std::size_t coord_at = static_cast<std::size_t>(-1);
   };
   // Called on a worker thread for every failed layer write (for metrics and events).
   using error_sink = std::function<void(std::size_t layer, std::string_view key, const status&)>;
   using write_sink = std::function<void(std::size_t layer, std::size_t count)>;
+  // Called on a worker thread for a write the coordinating layer refused (a newer version there).
+  using reject_sink = std::function<void(std::string_view key, std::uint64_t hash)>;
 
   write_behind(std::vector<byte_layer*> layers, options opts, error_sink on_error,
-               write_sink on_write);
+               write_sink on_write, reject_sink on_reject = {});
   ~write_behind();
   write_behind(const write_behind&) = delete;
   write_behind& operator=(const write_behind&) = delete;
@@ -127,6 +139,9 @@ class write_behind {
 
   void run(std::stop_token stop, queue& q);
   void execute(std::vector<write_op>& batch);
+  void execute_coordinated(std::vector<write_op>& batch,
+                           const std::unordered_map<std::string_view, std::size_t>& last,
+                           std::vector<status>& result);
   void retire(const write_op& op);
   pending_shard& pending_for(std::uint64_t hash) const { return pending_[hash % pending_count]; }
 
@@ -135,6 +150,7 @@ class write_behind {
   options opts_;
   error_sink on_error_;
   write_sink on_write_;
+  reject_sink on_reject_;
   std::unique_ptr<queue[]> queues_;
   mutable std::unique_ptr<pending_shard[]> pending_;
   std::atomic<std::uint64_t> seq_{0};

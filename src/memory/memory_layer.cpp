@@ -385,6 +385,31 @@ status memory_layer::clear() {
   return {};
 }
 
+std::size_t memory_layer::erase_prefix(std::string_view prefix) {
+  impl& m = *impl_;
+  std::size_t erased = 0;
+  for (std::size_t i = 0; i < m.shard_count; ++i) {
+    shard& s = m.shards[i];
+    removal_list removals;
+    {
+      std::lock_guard lock(s.mu);
+      for (entry_node*& head : s.buckets) {
+        entry_node** slot = &head;
+        while (*slot != nullptr) {
+          if ((*slot)->key().substr(0, prefix.size()) == prefix) {
+            removals.add(s.unlink(slot), removal_cause::invalidated);
+            ++erased;
+          } else {
+            slot = &(*slot)->hash_next;
+          }
+        }
+      }
+    }
+    m.finish(removals);
+  }
+  return erased;
+}
+
 std::size_t memory_layer::size() const {
   std::size_t total = 0;
   for (std::size_t i = 0; i < impl_->shard_count; ++i) {

@@ -18,6 +18,7 @@
 #include "layercache/error.hpp"
 #include "redis/hiredis_client.hpp"
 #include "redis/redis_client.hpp"
+#include "redis/redis_coordinator.hpp"
 
 namespace layercache {
 
@@ -44,6 +45,15 @@ void redis_layer_options::validate() const {
     throw invalid_argument_error("redis_layer: breaker_open_for must be > 0");
   }
   if (name.empty()) throw invalid_argument_error("redis_layer: name must not be empty");
+  if (lease_ttl.count() <= 0) throw invalid_argument_error("redis_layer: lease_ttl must be > 0");
+  if (lease_poll.count() <= 0) throw invalid_argument_error("redis_layer: lease_poll must be > 0");
+  if (lease_wait.count() <= 0) throw invalid_argument_error("redis_layer: lease_wait must be > 0");
+  if (tombstone_ttl.count() <= 0) {
+    throw invalid_argument_error("redis_layer: tombstone_ttl must be > 0");
+  }
+  if (bus_down_l1_ttl.count() <= 0) {
+    throw invalid_argument_error("redis_layer: bus_down_l1_ttl must be > 0");
+  }
 }
 
 namespace {
@@ -89,6 +99,8 @@ struct redis_layer::impl {
   std::unique_ptr<detail::circuit_breaker> read_breaker;
   std::unique_ptr<detail::circuit_breaker> write_breaker;
   std::atomic<std::uint64_t> timeouts{0};
+  // Last member but the sink: destroyed first, while the client and breakers it uses still exist.
+  std::unique_ptr<detail::coordinator> coordinator;
 
   // Recursive: the sink may call back into the cache, which may raise another event here.
   std::recursive_mutex sink_mu;
@@ -185,11 +197,24 @@ std::shared_ptr<redis_layer> redis_layer::create(redis_layer_options options) {
   if (!probe.error.ok() && probe.error.code() == errc::invalid_argument) {
     throw invalid_argument_error(bare_message(probe.error));
   }
+  if (m->options.coordinate) {
+    impl* self = m.get();
+    redis_detail::coordinator_context ctx;
+    ctx.client = m->client.get();
+    ctx.options = &m->options;
+    ctx.clock = m->clock;
+    ctx.read_allowed = [self] { return self->read_breaker->allow(steady_ms()); };
+    ctx.write_allowed = [self] { return self->write_breaker->allow(steady_ms()); };
+    ctx.read_outcome = [self](const status& st) { return self->read_outcome(st); };
+    ctx.write_outcome = [self](const status& st) { return self->write_outcome(st); };
+    m->coordinator = redis_detail::make_redis_coordinator(std::move(ctx));
+  }
   return std::shared_ptr<redis_layer>(new redis_layer(std::move(m)));
 }
 
 const layer_info& redis_layer::info() const noexcept { return impl_->info; }
 bool redis_layer::connected() const noexcept { return impl_->client->connected(); }
+detail::coordinator* redis_layer::coordination() noexcept { return impl_->coordinator.get(); }
 
 void redis_layer::attach(layer_event_sink sink) {
   std::lock_guard lock(impl_->sink_mu);
@@ -210,7 +235,10 @@ byte_read redis_layer::get(std::string_view key) {
   result r = m.client->execute({"GET", k}, m.options.read_deadline);
   status s = m.read_outcome(r.error);
   if (!s.ok()) return {std::move(s), std::nullopt};
-  if (r.value.type == reply::kind::string) return {{}, std::move(r.value.str)};
+  if (r.value.type == reply::kind::string) {
+    if (redis_detail::is_tombstone(r.value.str)) return {};  // a delete's version: absent
+    return {{}, std::move(r.value.str)};
+  }
   if (r.value.type == reply::kind::nil) return {};
   return {status::layer_error(m.info.name, errc::internal, "unexpected reply type to GET"), {}};
 }
@@ -241,7 +269,9 @@ std::vector<byte_read> redis_layer::get_many(std::span<const std::string> keys) 
   }
   for (std::size_t i = 0; i < keys.size(); ++i) {
     reply& e = r.value.elements[i];
-    if (e.type == reply::kind::string) out[i].bytes = std::move(e.str);
+    if (e.type == reply::kind::string && !redis_detail::is_tombstone(e.str)) {
+      out[i].bytes = std::move(e.str);
+    }
   }
   return out;
 }
@@ -326,11 +356,23 @@ status redis_layer::clear() {
     }
     cursor = r.value.elements[0].str;
     const auto& keys = r.value.elements[1].elements;
-    if (!keys.empty()) {
-      std::vector<std::string_view> argv;
-      argv.reserve(keys.size() + 1);
-      argv.emplace_back("UNLINK");
-      for (const auto& k : keys) argv.emplace_back(k.str);
+    // Namespace generations and bus sequence counters survive a clear: resetting a generation
+    // would let instances that remember the old one disagree with those that read it afresh.
+    const std::string keep_ns =
+        m.options.prefix + std::string(redis_detail::internal_marker) + "ns:";
+    const std::string keep_seq =
+        m.options.prefix + std::string(redis_detail::internal_marker) + "seq:";
+    std::vector<std::string_view> argv;
+    argv.reserve(keys.size() + 1);
+    argv.emplace_back("UNLINK");
+    for (const auto& k : keys) {
+      if (k.str.compare(0, keep_ns.size(), keep_ns) == 0 ||
+          k.str.compare(0, keep_seq.size(), keep_seq) == 0) {
+        continue;
+      }
+      argv.emplace_back(k.str);
+    }
+    if (argv.size() > 1) {
       status u = m.write_outcome(m.client->execute(argv, m.options.write_deadline).error);
       if (!u.ok()) return u;
     }
@@ -368,6 +410,11 @@ status redis_layer::scan(
     for (std::size_t i = 0; i < keys.size(); ++i) {
       const reply& e = values.value.elements[i];
       if (e.type != reply::kind::string) continue;  // deleted between SCAN and MGET
+      if (redis_detail::is_tombstone(e.str)) continue;
+      if (keys[i].str.compare(m.options.prefix.size(), redis_detail::internal_marker.size(),
+                              redis_detail::internal_marker) == 0) {
+        continue;  // coordination state (leases, tag sets, ...), not an entry
+      }
       const std::string_view key = std::string_view(keys[i].str).substr(m.options.prefix.size());
       if (!visit(key, e.str)) return {};
     }

@@ -123,6 +123,18 @@ class test_byte_layer final : public byte_layer {
     map_.clear();
     return {};
   }
+  status scan(
+      const std::function<bool(std::string_view key, std::string_view bytes)>& visit) override {
+    std::vector<std::pair<std::string, std::string>> copy;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [k, e] : map_) copy.emplace_back(k, e.bytes);
+    }
+    for (const auto& [k, b] : copy) {
+      if (!visit(k, b)) break;
+    }
+    return {};
+  }
 
   // ---- inspection (no counters, no expiry) ------------------------------------------------------
   // The bytes stored under `key`, whether or not their expiry hint has passed.

@@ -1,0 +1,812 @@
+// redis_coordinator.cpp — leases, versioned writes, tags, namespaces and the bus, in Redis.
+//
+// Key names, for a layer with prefix P (docs/design.md):
+//   P<key>                 the envelope, or a tombstone after a delete
+//   P__lc:lease:<key>      hash {t: token, w: "1" once another instance waits}; PX lease_ttl
+//   P__lc:tag:<tag>        set of keys carrying the tag; expires with its longest-lived key
+//   P__lc:seq:<origin>     the origin's bus sequence counter
+//   P__lc:ns:<path>        a namespace's generation (never deleted: clear() skips it)
+//   P__lc:bus, P__lc:fill  the pub/sub channels: invalidations; lease wake-ups (payload = key)
+// Versions compare as (hi, lo) 32-bit halves because Lua numbers are doubles; the scripts read a
+// stored value's version from the envelope header (offset 35, docs/format.md) or the tombstone.
+//
+// Concurrency: scripts run atomically in Redis, which is what orders writes against leases and
+// against each other; the bus message of a write is published by the same script, after the write,
+// so a subscriber that drops its L1 copy and re-reads always sees the new value. In this process:
+// `listener_mu_` guards the listener and is held while it runs (listen(null) waits for a running
+// callback); `waiters_mu_` guards lease waiters; `leases_mu_` the leases being renewed; `seq_mu_`
+// the last sequence number seen per origin (touched by the subscriber thread only, and by the
+// state callback on the same thread). No lock is held across a Redis call.
+#include "redis/redis_coordinator.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "redis/bus_message.hpp"
+#include "redis/subscriber.hpp"
+
+namespace layercache::redis_detail {
+
+using std::chrono::milliseconds;
+using steady = std::chrono::steady_clock;
+
+bool is_tombstone(std::string_view b) noexcept {
+  return b.size() == 10 && static_cast<unsigned char>(b[0]) == 0xA7 &&
+         static_cast<unsigned char>(b[1]) == 0xFE;
+}
+
+namespace {
+
+// Shared by every script: tombstones, version extraction and comparison, message items.
+constexpr std::string_view lua_prelude = R"lua(
+local function is_tomb(v) return #v == 10 and string.byte(v, 1) == 167 and string.byte(v, 2) == 254 end
+local function ver(v)
+  local off = 36
+  if is_tomb(v) then off = 3 end
+  if #v < off + 7 then return -1, -1 end
+  local a, b, c, d, e, f, g, h = string.byte(v, off, off + 7)
+  return e + f * 256 + g * 65536 + h * 16777216, a + b * 256 + c * 65536 + d * 16777216
+end
+local function not_older(hi, lo, shi, slo) return hi > shi or (hi == shi and lo >= slo) end
+local function announce(seqkey, channel, origin, op, vstr, la, lb)
+  local seq = redis.call('INCR', seqkey)
+  redis.call('PEXPIRE', seqkey, 86400000)
+  local parts = {'lc1|', origin, '|', seq, '|', op, '|', vstr, '|', #la, '|', #lb, '|'}
+  for _, s in ipairs(la) do parts[#parts + 1] = #s .. ':' .. s end
+  for _, s in ipairs(lb) do parts[#parts + 1] = #s .. ':' .. s end
+  redis.call('PUBLISH', channel, table.concat(parts))
+end
+)lua";
+
+// KEYS: value, lease. ARGV: token, lease ms, force. -> {1, value} | {2} | {3, pttl}
+constexpr std::string_view lua_acquire = R"lua(
+local v = redis.call('GET', KEYS[1])
+if v and not is_tomb(v) then return {1, v} end
+if ARGV[3] == '1' or redis.call('EXISTS', KEYS[2]) == 0 then
+  local w = redis.call('HGET', KEYS[2], 'w')
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], 't', ARGV[1])
+  if w then redis.call('HSET', KEYS[2], 'w', w) end
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return {2}
+end
+redis.call('HSET', KEYS[2], 'w', '1')
+return {3, redis.call('PTTL', KEYS[2])}
+)lua";
+
+// KEYS: lease. ARGV: token, lease ms.
+constexpr std::string_view lua_renew = R"lua(
+if redis.call('HGET', KEYS[1], 't') == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+)lua";
+
+// KEYS: lease. ARGV: token, fill channel, key.
+constexpr std::string_view lua_release = R"lua(
+if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
+local w = redis.call('HGET', KEYS[1], 'w')
+redis.call('DEL', KEYS[1])
+if w then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return 1
+)lua";
+
+// KEYS: seq, then per write: value, lease, tag sets... ARGV: bus channel, fill channel, origin,
+// tombstone ms, n, quiet, then per write 8 fields: kind (s|f|d), hi, lo, bytes (d: the version,
+// 8 bytes LE), px ('0' = no expiry), token, tag count, key. -> per write 1 stored, 0 refused.
+constexpr std::string_view lua_write = R"lua(
+local n = tonumber(ARGV[5])
+local ai, ki = 7, 2
+local out, keys = {}, {}
+local vhi, vlo = 0, 0
+for i = 1, n do
+  local kind, hi, lo, bytes, px, token = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2]), ARGV[ai + 3], ARGV[ai + 4], ARGV[ai + 5]
+  local ntags, key = tonumber(ARGV[ai + 6]), ARGV[ai + 7]
+  ai = ai + 8
+  local vkey, lkey, tag0 = KEYS[ki], KEYS[ki + 1], ki + 2
+  ki = ki + 2 + ntags
+  local ok, tell = true, kind ~= 'f'
+  if kind == 'f' and token ~= '' and redis.call('HGET', lkey, 't') ~= token then ok = false end
+  if ok then
+    local cur = redis.call('GET', vkey)
+    if cur then
+      local shi, slo = ver(cur)
+      if not not_older(hi, lo, shi, slo) then ok = false
+      elseif kind == 'f' and not is_tomb(cur) then tell = true end
+    end
+  end
+  if ok then
+    if kind == 'd' then
+      redis.call('SET', vkey, '\167\254' .. bytes, 'PX', ARGV[4])
+    elseif px == '0' then
+      redis.call('SET', vkey, bytes)
+    else
+      redis.call('SET', vkey, bytes, 'PX', px)
+    end
+    for t = tag0, tag0 + ntags - 1 do
+      local ttl = redis.call('PTTL', KEYS[t])
+      redis.call('SADD', KEYS[t], key)
+      if px == '0' then redis.call('PERSIST', KEYS[t])
+      elseif ttl ~= -1 and ttl < tonumber(px) then redis.call('PEXPIRE', KEYS[t], px) end
+    end
+    if tell then
+      keys[#keys + 1] = key
+      if not_older(hi, lo, vhi, vlo) then vhi, vlo = hi, lo end
+    end
+  end
+  if kind == 'f' and token ~= '' and redis.call('HGET', lkey, 't') == token then
+    local w = redis.call('HGET', lkey, 'w')
+    redis.call('DEL', lkey)
+    if w then redis.call('PUBLISH', ARGV[2], key) end
+  end
+  out[i] = ok and 1 or 0
+end
+if #keys > 0 and ARGV[6] ~= '1' then
+  announce(KEYS[1], ARGV[1], ARGV[3], 'k', vhi .. ':' .. vlo, keys, {})
+end
+return out
+)lua";
+
+// KEYS: seq, tag sets... ARGV: bus channel, origin, all ('1'|'0'), tombstone ms, value-key
+// prefix, tombstone version (8 bytes LE), hi, lo, then the tags. -> the removed keys.
+constexpr std::string_view lua_tags = R"lua(
+local tagkeys = {}
+for t = 2, #KEYS do tagkeys[#tagkeys + 1] = KEYS[t] end
+local members
+if ARGV[3] == '1' then members = redis.call('SINTER', unpack(tagkeys))
+else members = redis.call('SUNION', unpack(tagkeys)) end
+local hi, lo = tonumber(ARGV[7]), tonumber(ARGV[8])
+for _, m in ipairs(members) do
+  local vkey = ARGV[5] .. m
+  local cur = redis.call('GET', vkey)
+  if cur and not is_tomb(cur) then
+    local shi, slo = ver(cur)
+    if not_older(hi, lo, shi, slo) then redis.call('SET', vkey, '\167\254' .. ARGV[6], 'PX', ARGV[4]) end
+  end
+end
+if ARGV[3] == '1' then
+  for _, tk in ipairs(tagkeys) do
+    for _, m in ipairs(members) do redis.call('SREM', tk, m) end
+  end
+else
+  for _, tk in ipairs(tagkeys) do redis.call('DEL', tk) end
+end
+local tags = {}
+for a = 9, #ARGV do tags[#tags + 1] = ARGV[a] end
+announce(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == '1' and 'T' or 't', hi .. ':' .. lo, tags, members)
+return members
+)lua";
+
+// KEYS: seq. ARGV: bus channel, origin, op, version, count of A, then A items, B items. -> 1
+constexpr std::string_view lua_announce = R"lua(
+local la, lb, na = {}, {}, tonumber(ARGV[5])
+for a = 6, 5 + na do la[#la + 1] = ARGV[a] end
+for a = 6 + na, #ARGV do lb[#lb + 1] = ARGV[a] end
+announce(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], la, lb)
+return 1
+)lua";
+
+// KEYS: namespace generation, seq. ARGV: bus channel, origin, path. -> the new generation
+constexpr std::string_view lua_rotate = R"lua(
+local g = redis.call('INCR', KEYS[1])
+announce(KEYS[2], ARGV[1], ARGV[2], 'r', '0:0', {ARGV[3]}, {tostring(g)})
+return g
+)lua";
+
+enum script_id : std::size_t {
+  s_acquire,
+  s_renew,
+  s_release,
+  s_write,
+  s_tags,
+  s_announce,
+  s_rotate,
+  s_count
+};
+
+std::string le64(std::uint64_t v) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>(v >> (8 * i));
+  return out;
+}
+
+std::uint64_t envelope_version(std::string_view env) {
+  // Offset 35 (docs/format.md); a too-short envelope has version 0 and loses every comparison.
+  if (env.size() < 43) return 0;
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) {
+    v = (v << 8) | static_cast<unsigned char>(env[35 + static_cast<std::size_t>(i)]);
+  }
+  return v;
+}
+
+class redis_coordinator final : public detail::coordinator {
+ public:
+  explicit redis_coordinator(coordinator_context ctx) : ctx_(std::move(ctx)), o_(*ctx_.options) {
+    std::random_device rd;
+    rng_.seed((static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^
+              static_cast<std::uint64_t>(steady::now().time_since_epoch().count()));
+    origin_ = rng_() | 1;  // never 0: 0 means "unknown" in messages
+    const std::string base = o_.prefix + std::string(internal_marker);
+    lease_prefix_ = base + "lease:";
+    tag_prefix_ = base + "tag:";
+    ns_prefix_ = base + "ns:";
+    seq_key_ = base + "seq:" + std::to_string(origin_);
+    bus_channel_ = base + "bus";
+    fill_channel_ = base + "fill";
+    const std::string_view bodies[s_count] = {lua_acquire, lua_renew,    lua_release, lua_write,
+                                              lua_tags,    lua_announce, lua_rotate};
+    for (std::size_t i = 0; i < s_count; ++i) {
+      scripts_[i].source = std::string(lua_prelude) + std::string(bodies[i]);
+    }
+    subscriber_options so;
+    so.url = o_.url;
+    so.channels = {bus_channel_, fill_channel_};
+    so.connect_timeout = o_.connect_timeout;
+    sub_ = std::make_unique<subscriber>(
+        so, [this](std::string_view ch, std::string_view payload) { on_message(ch, payload); },
+        [this](bool up) { on_state(up); });
+    renewer_ = std::jthread([this](std::stop_token stop) { renew_loop(stop); });
+  }
+
+  ~redis_coordinator() override {
+    renewer_.request_stop();
+    leases_cv_.notify_all();
+    renewer_ = {};
+    sub_.reset();  // no callback runs after this
+  }
+
+  void listen(detail::bus_listener* listener) override {
+    std::lock_guard lock(listener_mu_);
+    listeners_.push_back(listener);
+  }
+  void unlisten(detail::bus_listener* listener) override {
+    std::lock_guard lock(listener_mu_);
+    std::erase(listeners_, listener);
+  }
+  std::uint64_t origin() const noexcept override { return origin_; }
+  bool bus_up() const noexcept override { return sub_->subscribed(); }
+  milliseconds bus_down_l1_ttl() const noexcept override { return o_.bus_down_l1_ttl; }
+  milliseconds lease_wait() const noexcept override { return o_.lease_wait; }
+
+  detail::lease_answer acquire(std::string_view key, bool force) override {
+    detail::lease_answer out;
+    if (!ctx_.read_allowed()) {
+      out.error = ctx_.read_outcome(status(errc::unavailable, "circuit breaker open"));
+      return out;
+    }
+    const std::string vkey = o_.prefix + std::string(key);
+    const std::string lkey = lease_prefix_ + std::string(key);
+    const std::string token = new_token();
+    const std::string ms = std::to_string(o_.lease_ttl.count());
+    const std::string_view keys[] = {vkey, lkey};
+    const std::string_view args[] = {token, ms, force ? "1" : "0"};
+    result r = run(s_acquire, keys, args, o_.read_deadline);
+    status s = ctx_.read_outcome(r.error);
+    if (!s.ok()) {
+      out.error = std::move(s);
+      return out;
+    }
+    const reply& v = r.value;
+    if (v.type != reply::kind::array || v.elements.empty() ||
+        v.elements[0].type != reply::kind::integer) {
+      out.error = status(errc::internal, "unexpected reply to the lease script");
+      return out;
+    }
+    switch (v.elements[0].integer) {
+      case 1:
+        if (v.elements.size() == 2 && v.elements[1].type == reply::kind::string) {
+          out.type = detail::lease_answer::kind::value;
+          out.bytes = std::move(r.value.elements[1].str);
+          return out;
+        }
+        break;
+      case 2:
+        out.type = detail::lease_answer::kind::granted;
+        out.token = token;
+        hold(key, token);
+        return out;
+      case 3:
+        out.type = detail::lease_answer::kind::held;
+        if (v.elements.size() == 2 && v.elements[1].type == reply::kind::integer) {
+          out.held_for = milliseconds(std::max<long long>(0, v.elements[1].integer));
+        }
+        return out;
+      default:
+        break;
+    }
+    out.type = detail::lease_answer::kind::failed;
+    out.error = status(errc::internal, "unexpected reply to the lease script");
+    return out;
+  }
+
+  void await_fill(std::string_view key, steady::time_point until) override {
+    const auto poll_end = steady::now() + o_.lease_poll;
+    const auto end = std::min(until, poll_end);
+    std::unique_lock lock(waiters_mu_);
+    waiter& w = waiters_[std::string(key)];
+    ++w.count;
+    const std::uint64_t seen = w.wakeups;
+    // `w` stays valid: unordered_map references survive rehashing, and only the last waiter of a
+    // key erases it.
+    waiters_cv_.wait_until(lock, end, [&] { return w.wakeups != seen; });
+    if (--w.count == 0) waiters_.erase(std::string(key));
+  }
+
+  void release(std::string_view key, std::string_view token) override {
+    unhold(key, token);
+    std::vector<std::string> argv = {
+        "EVALSHA",     sha(s_release),  "1", lease_prefix_ + std::string(key), std::string(token),
+        fill_channel_, std::string(key)};
+    if (argv[1].empty()) {
+      argv[0] = "EVAL";
+      argv[1] = scripts_[s_release].source;
+    }
+    ctx_.client->execute_async(std::move(argv), o_.write_deadline, [](result) {});
+  }
+
+  detail::coordinated_result write(std::span<const detail::coordinated_write> writes) override {
+    detail::coordinated_result out;
+    out.rejected.assign(writes.size(), false);
+    if (writes.empty()) return out;
+    if (!ctx_.write_allowed()) {
+      out.error = ctx_.write_outcome(status(errc::unavailable, "circuit breaker open"));
+      return out;
+    }
+    std::vector<std::string> keys{seq_key_};
+    std::vector<std::string> args{bus_channel_,
+                                  fill_channel_,
+                                  std::to_string(origin_),
+                                  std::to_string(o_.tombstone_ttl.count()),
+                                  std::to_string(writes.size()),
+                                  "0"};
+    std::vector<std::size_t> sent;  // index in `writes` of each entry sent
+    status oversize;
+    for (std::size_t i = 0; i < writes.size(); ++i) {
+      detail::coordinated_write w = writes[i];
+      if (w.type != detail::coordinated_write::kind::del && w.bytes.size() > o_.max_value_bytes) {
+        oversize.update(status::layer_error(
+            o_.name, errc::resource_exhausted,
+            "value of " + std::to_string(w.bytes.size()) + " bytes for key '" + std::string(w.key) +
+                "' exceeds max_value_bytes (" + std::to_string(o_.max_value_bytes) + ")"));
+        // Not storing must not leave an older value behind: a tombstone of the same version.
+        if (!w.lease.empty()) release(w.key, w.lease);
+        w.version = envelope_version(w.bytes);
+        w.type = detail::coordinated_write::kind::del;
+        w.lease = {};
+        w.tags = {};
+      }
+      std::int64_t px = 0;
+      if (w.type != detail::coordinated_write::kind::del && w.expires_at_ms != 0) {
+        px = w.expires_at_ms - ctx_.clock->now_ms();
+        if (o_.ttl.count() > 0) px = std::min<std::int64_t>(px, o_.ttl.count());
+        if (px <= 0) {
+          // Already expired: nothing to keep, and nothing older may stay either.
+          if (!w.lease.empty()) release(w.key, w.lease);
+          w.version = envelope_version(w.bytes);
+          w.type = detail::coordinated_write::kind::del;
+          w.lease = {};
+          w.tags = {};
+          px = 0;
+        }
+      } else if (w.type != detail::coordinated_write::kind::del && o_.ttl.count() > 0) {
+        px = o_.ttl.count();
+      }
+      keys.push_back(o_.prefix + std::string(w.key));
+      keys.push_back(lease_prefix_ + std::string(w.key));
+      for (const auto& t : w.tags) keys.push_back(tag_prefix_ + t);
+      const bool del = w.type == detail::coordinated_write::kind::del;
+      const std::uint64_t version = del ? w.version : envelope_version(w.bytes);
+      if (!w.lease.empty()) unhold(w.key, w.lease);
+      args.emplace_back(del ? "d" : w.type == detail::coordinated_write::kind::fill ? "f" : "s");
+      args.push_back(std::to_string(version >> 32));
+      args.push_back(std::to_string(version & 0xFFFFFFFFu));
+      args.push_back(del ? le64(version) : std::string(w.bytes));
+      args.push_back(std::to_string(px));
+      args.emplace_back(w.lease);
+      args.push_back(std::to_string(w.tags.size()));
+      args.emplace_back(w.key);
+      sent.push_back(i);
+    }
+    if (sent.empty()) {
+      out.error = oversize;
+      return out;
+    }
+    args[4] = std::to_string(sent.size());
+    std::vector<std::string_view> kv(keys.begin(), keys.end());
+    std::vector<std::string_view> av(args.begin(), args.end());
+    result r = run(s_write, kv, av, o_.write_deadline);
+    status s = ctx_.write_outcome(r.error);
+    if (s.ok() && (r.value.type != reply::kind::array || r.value.elements.size() != sent.size())) {
+      s = status::layer_error(o_.name, errc::internal, "unexpected reply to the write script");
+    }
+    if (s.ok()) {
+      for (std::size_t k = 0; k < sent.size(); ++k) {
+        out.rejected[sent[k]] = r.value.elements[k].integer == 0;
+      }
+    }
+    s.update(oversize);
+    out.error = std::move(s);
+    return out;
+  }
+
+  status invalidate_tags(std::span<const std::string> tags, bool all, std::uint64_t version,
+                         std::vector<std::string>& removed) override {
+    if (tags.empty()) return {};
+    if (!ctx_.write_allowed()) return ctx_.write_outcome(status(errc::unavailable, "breaker open"));
+    std::vector<std::string> keys{seq_key_};
+    for (const auto& t : tags) keys.push_back(tag_prefix_ + t);
+    std::vector<std::string> args{bus_channel_,
+                                  std::to_string(origin_),
+                                  all ? "1" : "0",
+                                  std::to_string(o_.tombstone_ttl.count()),
+                                  o_.prefix,
+                                  le64(version),
+                                  std::to_string(version >> 32),
+                                  std::to_string(version & 0xFFFFFFFFu)};
+    for (const auto& t : tags) args.push_back(t);
+    std::vector<std::string_view> kv(keys.begin(), keys.end());
+    std::vector<std::string_view> av(args.begin(), args.end());
+    result r = run(s_tags, kv, av, o_.write_deadline);
+    status s = ctx_.write_outcome(r.error);
+    if (!s.ok()) return s;
+    if (r.value.type != reply::kind::array) {
+      return status::layer_error(o_.name, errc::internal, "unexpected reply to the tag script");
+    }
+    for (auto& e : r.value.elements) removed.push_back(std::move(e.str));
+    return {};
+  }
+
+  status invalidate_prefix(std::string_view prefix, std::uint64_t version) override {
+    if (!ctx_.write_allowed()) return ctx_.write_outcome(status(errc::unavailable, "breaker open"));
+    // SCAN in bounded steps (a script scanning everything would block Redis), tombstoning each
+    // batch with the write script (quiet), then one announcement for the whole prefix.
+    const std::string pattern = glob_escape(o_.prefix + std::string(prefix)) + "*";
+    const std::string internal = o_.prefix + std::string(internal_marker);
+    std::string cursor = "0";
+    do {
+      result r = ctx_.client->execute({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"},
+                                      o_.write_deadline);
+      status s = ctx_.write_outcome(r.error);
+      if (!s.ok()) return s;
+      if (r.value.type != reply::kind::array || r.value.elements.size() != 2) {
+        return status::layer_error(o_.name, errc::internal, "unexpected reply to SCAN");
+      }
+      cursor = r.value.elements[0].str;
+      std::vector<std::string> keys{seq_key_};
+      std::vector<std::string> args{bus_channel_,
+                                    fill_channel_,
+                                    std::to_string(origin_),
+                                    std::to_string(o_.tombstone_ttl.count()),
+                                    "0",
+                                    "1"};
+      std::size_t n = 0;
+      for (const auto& k : r.value.elements[1].elements) {
+        if (k.str.compare(0, internal.size(), internal) == 0) continue;
+        const std::string user = k.str.substr(o_.prefix.size());
+        keys.push_back(k.str);
+        keys.push_back(lease_prefix_ + user);
+        for (std::string f : {std::string("d"), std::to_string(version >> 32),
+                              std::to_string(version & 0xFFFFFFFFu), le64(version),
+                              std::string("0"), std::string(), std::string("0"), user}) {
+          args.push_back(std::move(f));
+        }
+        ++n;
+      }
+      if (n == 0) continue;
+      args[4] = std::to_string(n);
+      std::vector<std::string_view> kv(keys.begin(), keys.end());
+      std::vector<std::string_view> av(args.begin(), args.end());
+      status w = ctx_.write_outcome(run(s_write, kv, av, o_.write_deadline).error);
+      if (!w.ok()) return w;
+    } while (cursor != "0");
+    return announce('p', version, {std::string(prefix)}, {});
+  }
+
+  status announce_clear() override { return announce('c', 0, {}, {}); }
+
+  std::optional<std::uint64_t> generation(std::string_view path, status& error) override {
+    if (!ctx_.read_allowed()) {
+      error = ctx_.read_outcome(status(errc::unavailable, "circuit breaker open"));
+      return std::nullopt;
+    }
+    const std::string k = ns_prefix_ + std::string(path);
+    result r = ctx_.client->execute({"GET", k}, o_.read_deadline);
+    error = ctx_.read_outcome(r.error);
+    if (!error.ok()) return std::nullopt;
+    if (r.value.type == reply::kind::nil) return 0;
+    std::uint64_t g = 0;
+    if (r.value.type != reply::kind::string || !parse_u64(r.value.str, g)) {
+      error = status::layer_error(
+          o_.name, errc::corruption,
+          "namespace generation of '" + std::string(path) + "' is not a number");
+      return std::nullopt;
+    }
+    return g;
+  }
+
+  std::optional<std::uint64_t> rotate(std::string_view path, status& error) override {
+    if (!ctx_.write_allowed()) {
+      error = ctx_.write_outcome(status(errc::unavailable, "circuit breaker open"));
+      return std::nullopt;
+    }
+    const std::string gen_key = ns_prefix_ + std::string(path);
+    const std::string origin = std::to_string(origin_);
+    const std::string_view keys[] = {gen_key, seq_key_};
+    const std::string_view args[] = {bus_channel_, origin, path};
+    result r = run(s_rotate, keys, args, o_.write_deadline);
+    error = ctx_.write_outcome(r.error);
+    if (!error.ok()) return std::nullopt;
+    if (r.value.type != reply::kind::integer || r.value.integer < 0) {
+      error = status::layer_error(o_.name, errc::internal, "unexpected reply to the rotate script");
+      return std::nullopt;
+    }
+    return static_cast<std::uint64_t>(r.value.integer);
+  }
+
+ private:
+  struct script {
+    std::string source;
+    std::string sha;  // learnt with SCRIPT LOAD; empty until then
+  };
+  struct waiter {
+    std::size_t count = 0;
+    std::uint64_t wakeups = 0;
+  };
+
+  static bool parse_u64(std::string_view s, std::uint64_t& out) {
+    if (s.empty() || s.size() > 20) return false;
+    out = 0;
+    for (char c : s) {
+      if (c < '0' || c > '9') return false;
+      out = out * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    return true;
+  }
+
+  static std::string glob_escape(std::string_view s) {
+    std::string out;
+    for (char c : s) {
+      if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out.push_back('\\');
+      out.push_back(c);
+    }
+    return out;
+  }
+
+  std::string new_token() {
+    std::lock_guard lock(rng_mu_);
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string t(32, '0');
+    for (int half = 0; half < 2; ++half) {
+      std::uint64_t v = rng_();
+      for (int i = 0; i < 16; ++i) {
+        t[static_cast<std::size_t>(half * 16 + i)] = hex[v & 15];
+        v >>= 4;
+      }
+    }
+    return t;
+  }
+
+  std::string sha(script_id id) {
+    std::lock_guard lock(sha_mu_);
+    return scripts_[id].sha;
+  }
+
+  // EVALSHA when the script's digest is known, EVAL otherwise (which also caches the script in
+  // Redis) — and NOSCRIPT (a restarted or flushed Redis) falls back to EVAL too, so no call ever
+  // fails for a missing script. The digest is learnt once with an asynchronous SCRIPT LOAD.
+  result run(script_id id, std::span<const std::string_view> keys,
+             std::span<const std::string_view> args, milliseconds deadline) {
+    const std::string digest = sha(id);
+    const std::string nkeys = std::to_string(keys.size());
+    std::vector<std::string_view> argv;
+    argv.reserve(3 + keys.size() + args.size());
+    argv.emplace_back(digest.empty() ? "EVAL" : "EVALSHA");
+    argv.emplace_back(digest.empty() ? std::string_view(scripts_[id].source)
+                                     : std::string_view(digest));
+    argv.emplace_back(nkeys);
+    argv.insert(argv.end(), keys.begin(), keys.end());
+    argv.insert(argv.end(), args.begin(), args.end());
+    result r = ctx_.client->execute(argv, deadline);
+    if (!digest.empty() && r.value.type == reply::kind::error &&
+        r.value.str.compare(0, 8, "NOSCRIPT") == 0) {
+      argv[0] = "EVAL";
+      argv[1] = scripts_[id].source;
+      r = ctx_.client->execute(argv, deadline);
+    }
+    if (digest.empty()) learn_sha(id);
+    return r;
+  }
+
+  void learn_sha(script_id id) {
+    {
+      std::lock_guard lock(sha_mu_);
+      if (loading_[id]) return;
+      loading_[id] = true;
+    }
+    ctx_.client->execute_async({"SCRIPT", "LOAD", scripts_[id].source}, o_.write_deadline,
+                               [this, id](result r) {
+                                 std::lock_guard lock(sha_mu_);
+                                 loading_[id] = false;
+                                 if (r.error.ok() && r.value.type == reply::kind::string) {
+                                   scripts_[id].sha = std::move(r.value.str);
+                                 }
+                               });
+  }
+
+  status announce(char op, std::uint64_t version, std::vector<std::string> a,
+                  std::vector<std::string> b) {
+    if (!ctx_.write_allowed()) return ctx_.write_outcome(status(errc::unavailable, "breaker open"));
+    std::vector<std::string> args{
+        bus_channel_, std::to_string(origin_), std::string(1, op),
+        std::to_string(version >> 32) + ":" + std::to_string(version & 0xFFFFFFFFu),
+        std::to_string(a.size())};
+    for (auto& s : a) args.push_back(std::move(s));
+    for (auto& s : b) args.push_back(std::move(s));
+    const std::string_view keys[] = {seq_key_};
+    std::vector<std::string_view> av(args.begin(), args.end());
+    return ctx_.write_outcome(run(s_announce, keys, av, o_.write_deadline).error);
+  }
+
+  // ---- leases held by this process: renewed until filled or released ------------------------
+  void hold(std::string_view key, const std::string& token) {
+    {
+      std::lock_guard lock(leases_mu_);
+      leases_[token] = std::string(key);
+    }
+    leases_cv_.notify_all();
+  }
+  void unhold(std::string_view key, std::string_view token) {
+    (void)key;
+    std::lock_guard lock(leases_mu_);
+    leases_.erase(std::string(token));
+  }
+
+  void renew_loop(std::stop_token stop) {
+    const milliseconds every = std::max(milliseconds(1), o_.lease_ttl / 3);
+    std::unique_lock lock(leases_mu_);
+    while (!stop.stop_requested()) {
+      leases_cv_.wait_for(lock, stop, every, [] { return false; });
+      if (stop.stop_requested()) return;
+      std::vector<std::pair<std::string, std::string>> held(leases_.begin(), leases_.end());
+      lock.unlock();
+      const std::string ms = std::to_string(o_.lease_ttl.count());
+      for (auto& [token, key] : held) {
+        std::vector<std::string> argv = {"EVALSHA",           sha(s_renew), "1",
+                                         lease_prefix_ + key, token,        ms};
+        if (argv[1].empty()) {
+          argv[0] = "EVAL";
+          argv[1] = scripts_[s_renew].source;
+        }
+        ctx_.client->execute_async(std::move(argv), o_.write_deadline, [](result) {});
+      }
+      lock.lock();
+    }
+  }
+
+  // ---- the bus (subscriber thread) -----------------------------------------------------------
+  void wake(std::string_view key) {
+    {
+      std::lock_guard lock(waiters_mu_);
+      if (waiters_.empty()) return;
+      auto it = waiters_.find(std::string(key));
+      if (it == waiters_.end()) return;
+      ++it->second.wakeups;
+    }
+    waiters_cv_.notify_all();
+  }
+
+  void wake_all() {
+    {
+      std::lock_guard lock(waiters_mu_);
+      for (auto& [k, w] : waiters_) ++w.wakeups;
+    }
+    waiters_cv_.notify_all();
+  }
+
+  void on_state(bool up) {
+    if (!up) {
+      had_loss_ = true;
+      return;
+    }
+    last_seq_.clear();  // a new subscription: sequences restart from whatever comes next
+    wake_all();         // a wake-up may have been lost with the old connection
+    if (!had_loss_) return;
+    had_loss_ = false;
+    std::lock_guard lock(listener_mu_);
+    for (auto* l : listeners_) l->on_lost("the bus subscription was lost and restored");
+  }
+
+  void on_message(std::string_view channel, std::string_view payload) {
+    if (channel == fill_channel_) {
+      wake(payload);
+      return;
+    }
+    std::string why;
+    std::optional<bus_message> m = parse_bus_message(payload, &why);
+    if (!m) return;  // not ours (someone else publishing on the channel): nothing to do
+    if (m->origin == origin_) return;
+    bool gap = false;
+    {
+      auto [it, fresh] = last_seq_.try_emplace(m->origin, m->seq);
+      if (!fresh) {
+        gap = m->seq != it->second + 1;
+        it->second = m->seq;
+      }
+    }
+    if (m->op == 'k' || m->op == 't' || m->op == 'T') {
+      for (const auto& k : m->op == 'k' ? m->a : m->b) wake(k);
+    }
+    std::lock_guard lock(listener_mu_);
+    for (auto* l : listeners_) deliver(*l, *m, gap);
+  }
+
+  static void deliver(detail::bus_listener& l, const bus_message& m, bool gap) {
+    if (gap) l.on_lost("a gap in the bus sequence of another instance");
+    switch (m.op) {
+      case 'k':
+        l.on_keys(m.a);
+        break;
+      case 't':
+      case 'T':
+        l.on_tags(m.a, m.op == 'T', m.b);
+        break;
+      case 'p':
+        if (!m.a.empty()) l.on_prefix(m.a.front());
+        break;
+      case 'c':
+        l.on_clear();
+        break;
+      case 'r': {
+        std::uint64_t g = 0;
+        if (m.a.size() == 1 && m.b.size() == 1 && parse_u64(m.b.front(), g)) {
+          l.on_rotate(m.a.front(), g);
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  coordinator_context ctx_;
+  const redis_layer_options& o_;
+  std::uint64_t origin_ = 0;
+  std::string lease_prefix_, tag_prefix_, ns_prefix_, seq_key_, bus_channel_, fill_channel_;
+
+  std::mutex sha_mu_;
+  script scripts_[s_count];
+  bool loading_[s_count] = {};
+
+  std::mutex rng_mu_;
+  std::mt19937_64 rng_;
+
+  std::mutex listener_mu_;
+  std::vector<detail::bus_listener*> listeners_;
+
+  std::mutex waiters_mu_;
+  std::condition_variable waiters_cv_;
+  std::unordered_map<std::string, waiter> waiters_;
+
+  std::mutex leases_mu_;
+  std::condition_variable_any leases_cv_;
+  std::unordered_map<std::string, std::string> leases_;  // token -> key
+
+  // Subscriber thread only.
+  std::unordered_map<std::uint64_t, std::uint64_t> last_seq_;
+  bool had_loss_ = false;
+
+  std::unique_ptr<subscriber> sub_;
+  std::jthread renewer_;
+};
+
+}  // namespace
+
+std::unique_ptr<detail::coordinator> make_redis_coordinator(coordinator_context context) {
+  return std::make_unique<redis_coordinator>(std::move(context));
+}
+
+}  // namespace layercache::redis_detail

@@ -1,0 +1,347 @@
+// Distributed coherence within one test process: each cache_stack has its own redis_layer (its own
+// connections, subscriber and origin id), so two stacks behave like two instances against one real
+// redis-server. The multi-process versions are in redis_coherence_test.cpp.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "layercache/cache_namespace.hpp"
+#include "layercache/cache_stack.hpp"
+#include "layercache/error.hpp"
+#include "layercache/memory_layer.hpp"
+#include "layercache/redis_layer.hpp"
+#include "support/await.hpp"
+#include "support/redis_server.hpp"
+#include "support/tcp_fault_proxy.hpp"
+
+namespace layercache::test {
+namespace {
+
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+struct instance {
+  std::shared_ptr<memory_layer> l1;
+  std::shared_ptr<redis_layer> l2;
+  std::unique_ptr<cache_stack> cache;
+};
+
+class RedisCoordinationTest : public ::testing::Test {
+ protected:
+  redis_server server_;
+
+  redis_layer_options options(std::string prefix = "co:") {
+    redis_layer_options o;
+    o.url = server_.url();
+    o.prefix = std::move(prefix);
+    o.connect_timeout = 500ms;
+    o.read_deadline = 500ms;  // sanitizer runs: nothing here is about deadlines
+    o.write_deadline = 500ms;
+    return o;
+  }
+
+  instance make(redis_layer_options o, stack_options so = {}) {
+    instance i;
+    i.l1 = memory_layer::create({});
+    i.l2 = redis_layer::create(std::move(o));
+    i.cache = std::make_unique<cache_stack>(std::vector<std::shared_ptr<layer>>{i.l1, i.l2},
+                                            std::move(so));
+    return i;
+  }
+  instance make() { return make(options()); }
+
+  static std::string l1_of(instance& i, const std::string& key) {
+    auto v = i.cache->get_if_present<std::string>(key);
+    return v ? *v : "<absent>";
+  }
+};
+
+TEST_F(RedisCoordinationTest, ConcurrentMissesInTwoInstancesFetchOnce) {
+  instance a = make(), b = make();
+  std::atomic<int> origin{0};
+  constexpr int threads_each = 8;
+  std::barrier start(2 * threads_each);
+  std::vector<std::jthread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 2 * threads_each; ++t) {
+    cache_stack& c = t % 2 == 0 ? *a.cache : *b.cache;
+    threads.emplace_back([&] {
+      start.arrive_and_wait();
+      auto v = c.get<std::string>("hot", [&] {
+        origin.fetch_add(1);
+        std::this_thread::sleep_for(100ms);
+        return std::string("value");
+      });
+      if (v && *v == "value") ok.fetch_add(1);
+    });
+  }
+  threads.clear();
+  EXPECT_EQ(ok.load(), 2 * threads_each);
+  EXPECT_EQ(origin.load(), 1) << "both instances fetched";
+  const auto ma = a.cache->metrics(), mb = b.cache->metrics();
+  EXPECT_EQ(ma.lease_grants + mb.lease_grants, 1u);
+  EXPECT_EQ(ma.lease_waits + mb.lease_waits, 1u);
+  EXPECT_EQ(ma.coordination_fallbacks + mb.coordination_fallbacks, 0u);
+}
+
+TEST_F(RedisCoordinationTest, AFailedFetchReleasesTheLeaseAndTheWaiterFetchesAtOnce) {
+  auto o = options();
+  o.lease_ttl = 10s;  // a waiter must not be saved by the lease expiring
+  instance a = make(o), b = make(o);
+  std::atomic<bool> a_fetching{false};
+  std::jthread holder([&] {
+    EXPECT_THROW(a.cache->get<std::string>("k",
+                                           [&]() -> std::string {
+                                             a_fetching = true;
+                                             std::this_thread::sleep_for(200ms);
+                                             throw std::runtime_error("origin down");
+                                           }),
+                 std::runtime_error);
+  });
+  ASSERT_TRUE(eventually([&] { return a_fetching.load(); }));
+  const auto start = steady::now();
+  auto v = b.cache->get<std::string>("k", [] { return std::string("from-b"); });
+  const auto took = steady::now() - start;
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ(*v, "from-b");
+  EXPECT_LT(took, 3s) << "the waiter waited for the lease to expire instead of being woken";
+  EXPECT_EQ(b.cache->metrics().lease_waits, 1u);
+}
+
+TEST_F(RedisCoordinationTest, AWaiterTakesOverAfterLeaseWait) {
+  auto o = options();
+  o.lease_wait = 300ms;
+  instance a = make(o), b = make(o);
+  std::atomic<bool> a_fetching{false};
+  std::jthread holder([&] {
+    (void)a.cache->get<std::string>("k", [&] {
+      a_fetching = true;
+      std::this_thread::sleep_for(2s);
+      return std::string("from-a");
+    });
+  });
+  ASSERT_TRUE(eventually([&] { return a_fetching.load(); }));
+  const auto start = steady::now();
+  auto v = b.cache->get<std::string>("k", [] { return std::string("from-b"); });
+  EXPECT_LT(steady::now() - start, 1500ms);
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ(*v, "from-b");
+  EXPECT_EQ(b.cache->metrics().lease_takeovers, 1u);
+  holder.join();
+  // A's lease was taken over, so its late fill is fenced out: B's value stays.
+  ASSERT_TRUE(a.cache->flush());
+  instance c = make(o);
+  EXPECT_EQ(*c.cache->get<std::string>("k", [] { return std::string("refetched"); }), "from-b");
+}
+
+TEST_F(RedisCoordinationTest, AWaiterPastItsWaitDeadlineThrowsWaitTimeout) {
+  instance a = make(), b = make();
+  std::atomic<bool> a_fetching{false};
+  std::jthread holder([&] {
+    (void)a.cache->get<std::string>("k", [&] {
+      a_fetching = true;
+      std::this_thread::sleep_for(1s);
+      return std::string("v");
+    });
+  });
+  ASSERT_TRUE(eventually([&] { return a_fetching.load(); }));
+  EXPECT_THROW((void)b.cache->get<std::string>("k", [] { return std::string("x"); },
+                                               {.wait_deadline = 100ms}),
+               wait_timeout_error);
+}
+
+TEST_F(RedisCoordinationTest, ASetInOneInstanceDropsTheOtherInstancesL1Copy) {
+  instance a = make(), b = make();
+  ASSERT_TRUE(a.cache->set<std::string>("k", "v1", {.policy = write_policy::strict}).ok());
+  EXPECT_EQ(*b.cache->get<std::string>("k", [] { return std::string("fetched"); }), "v1");
+  ASSERT_TRUE(a.cache->set<std::string>("k", "v2").ok());
+  EXPECT_TRUE(eventually([&] { return l1_of(b, "k") == "v2"; })) << l1_of(b, "k");
+  EXPECT_GE(b.cache->metrics().bus_received, 1u);
+  EXPECT_EQ(a.cache->metrics().bus_received, 0u) << "an instance applied its own message";
+
+  ASSERT_TRUE(a.cache->del("k").ok());
+  EXPECT_TRUE(eventually([&] { return l1_of(b, "k") == "<absent>"; })) << l1_of(b, "k");
+}
+
+TEST_F(RedisCoordinationTest, AFetchThatStartedBeforeADeleteDoesNotResurrectTheKey) {
+  instance a = make(), b = make();
+  std::atomic<bool> fetching{false}, deleted{false};
+  std::jthread filler([&] {
+    (void)a.cache->get<std::string>("k", [&] {
+      fetching = true;
+      while (!deleted) std::this_thread::sleep_for(1ms);
+      return std::string("stale");
+    });
+  });
+  ASSERT_TRUE(eventually([&] { return fetching.load(); }));
+  ASSERT_TRUE(b.cache->del("k").ok());
+  ASSERT_TRUE(b.cache->flush());
+  deleted = true;
+  filler.join();
+  ASSERT_TRUE(a.cache->flush());
+  instance c = make();
+  EXPECT_EQ(*c.cache->get<std::string>("k", [] { return std::string("fresh"); }), "fresh")
+      << "a fill from before the delete replaced its tombstone";
+}
+
+TEST_F(RedisCoordinationTest, AnOlderWriteLandingLateIsRefusedAndItsWriterDropsItsCopy) {
+  // A reaches Redis through a proxy that delays its commands, so A's set — issued first — lands
+  // after B's newer one.
+  tcp_fault_proxy proxy(server_.host(), server_.port());
+  auto slow = options();
+  slow.url = proxy.url();
+  instance a = make(slow), b = make();
+  proxy.set_latency(300ms, 0ms);
+  ASSERT_TRUE(a.cache->set<std::string>("k", "old-from-a").ok());
+  std::this_thread::sleep_for(5ms);
+  ASSERT_TRUE(b.cache->set<std::string>("k", "new-from-b", {.policy = write_policy::strict}).ok());
+  ASSERT_TRUE(a.cache->flush());
+  proxy.set_latency(0ms, 0ms);
+  instance c = make();
+  EXPECT_EQ(*c.cache->get<std::string>("k", [] { return std::string("x"); }), "new-from-b")
+      << "a late, older write replaced a newer one";
+  EXPECT_EQ(a.cache->metrics().cas_rejections, 1u);
+  // A's L1 held its own older value; the refusal dropped it, so A converges on B's.
+  EXPECT_TRUE(eventually([&] { return l1_of(a, "k") == "new-from-b"; })) << l1_of(a, "k");
+}
+
+TEST_F(RedisCoordinationTest, TagInvalidationRemovesKeysInEveryInstance) {
+  instance a = make(), b = make();
+  const set_options tagged{.policy = write_policy::strict, .tags = {"user:1"}};
+  ASSERT_TRUE(a.cache->set<std::string>("profile:1", "p", tagged).ok());
+  ASSERT_TRUE(a.cache->set<std::string>("orders:1", "o", tagged).ok());
+  ASSERT_TRUE(a.cache->set<std::string>("profile:2", "q", {.policy = write_policy::strict}).ok());
+  // B fetches one with a tag of its own.
+  (void)b.cache->get<std::string>("avatar:1", [] { return std::string("img"); },
+                                  {.tags = {"user:1"}});
+  ASSERT_TRUE(b.cache->flush());
+  EXPECT_EQ(l1_of(b, "profile:1"), "p");  // warm B's L1 from Redis
+  ASSERT_TRUE(a.cache->invalidate_tag("user:1").ok());
+  EXPECT_EQ(l1_of(a, "profile:1"), "<absent>");
+  EXPECT_EQ(l1_of(a, "avatar:1"), "<absent>");
+  EXPECT_TRUE(eventually(
+      [&] { return l1_of(b, "profile:1") == "<absent>" && l1_of(b, "avatar:1") == "<absent>"; }));
+  EXPECT_EQ(l1_of(b, "profile:2"), "q");
+  EXPECT_EQ(server_.cli({"EXISTS", "co:__lc:tag:user:1"}), "0") << "the tag set outlived it";
+}
+
+TEST_F(RedisCoordinationTest, TagsAllMatchesOnlyKeysWithEveryTag) {
+  instance a = make();
+  ASSERT_TRUE(
+      a.cache->set<std::string>("both", "1", {.policy = write_policy::strict, .tags = {"x", "y"}})
+          .ok());
+  ASSERT_TRUE(
+      a.cache->set<std::string>("only-x", "2", {.policy = write_policy::strict, .tags = {"x"}})
+          .ok());
+  const std::vector<std::string> tags{"x", "y"};
+  ASSERT_TRUE(a.cache->invalidate_tags(tags, tag_match::all).ok());
+  EXPECT_EQ(l1_of(a, "both"), "<absent>");
+  EXPECT_EQ(l1_of(a, "only-x"), "2");
+  ASSERT_TRUE(a.cache->invalidate_tag("x").ok());
+  EXPECT_EQ(l1_of(a, "only-x"), "<absent>");
+}
+
+TEST_F(RedisCoordinationTest, TagSetsExpireWithTheirKeys) {
+  instance a = make();
+  ASSERT_TRUE(
+      a.cache
+          ->set<std::string>("k", "v", {.ttl = 2s, .policy = write_policy::strict, .tags = {"t"}})
+          .ok());
+  const long long pttl = std::stoll(server_.cli({"PTTL", "co:__lc:tag:t"}));
+  EXPECT_GT(pttl, 0) << "a tag set without expiry grows forever";
+  EXPECT_LE(pttl, 2000);
+}
+
+TEST_F(RedisCoordinationTest, PrefixInvalidationReachesEveryInstance) {
+  instance a = make(), b = make();
+  const set_options strict{.policy = write_policy::strict};
+  ASSERT_TRUE(a.cache->set<std::string>("img:1", "a", strict).ok());
+  ASSERT_TRUE(a.cache->set<std::string>("img:2", "b", strict).ok());
+  ASSERT_TRUE(a.cache->set<std::string>("doc:1", "c", strict).ok());
+  EXPECT_EQ(l1_of(b, "img:1"), "a");
+  ASSERT_TRUE(a.cache->invalidate_prefix("img:").ok());
+  EXPECT_EQ(l1_of(a, "img:2"), "<absent>");
+  EXPECT_TRUE(eventually([&] { return l1_of(b, "img:1") == "<absent>"; }));
+  EXPECT_EQ(l1_of(b, "img:2"), "<absent>");
+  EXPECT_EQ(l1_of(b, "doc:1"), "c");
+}
+
+TEST_F(RedisCoordinationTest, NamespaceRotationInvalidatesEveryInstanceWithoutScanning) {
+  instance a = make(), b = make();
+  cache_namespace ta = a.cache->ns("tenant:42");
+  cache_namespace tb = b.cache->ns("tenant:42");
+  cache_namespace nested = ta.ns("carts");
+  ASSERT_TRUE(ta.set<std::string>("k", "v1", {.policy = write_policy::strict}).ok());
+  ASSERT_TRUE(nested.set<std::string>("c", "cart", {.policy = write_policy::strict}).ok());
+  EXPECT_EQ(*tb.get<std::string>("k", [] { return std::string("x"); }), "v1");
+  ASSERT_TRUE(tb.rotate().ok());
+  EXPECT_EQ(*tb.get<std::string>("k", [] { return std::string("after"); }), "after");
+  EXPECT_TRUE(eventually([&] {
+    return ta.get_if_present<std::string>("k") == nullptr ||
+           *ta.get_if_present<std::string>("k") == "after";
+  }));
+  EXPECT_EQ(*nested.get<std::string>("c", [] { return std::string("new-cart"); }), "new-cart")
+      << "rotating the outer namespace left the nested one";
+  // A fresh instance reads the generation from Redis.
+  instance c = make();
+  EXPECT_EQ(*c.cache->ns("tenant:42").get<std::string>("k", [] { return std::string("y"); }),
+            "after");
+}
+
+TEST_F(RedisCoordinationTest, ClearReachesEveryInstanceAndKeepsNamespaceGenerations) {
+  instance a = make(), b = make();
+  ASSERT_TRUE(a.cache->ns("n").rotate().ok());
+  ASSERT_TRUE(a.cache->set<std::string>("k", "v", {.policy = write_policy::strict}).ok());
+  EXPECT_EQ(l1_of(b, "k"), "v");
+  ASSERT_TRUE(a.cache->clear().ok());
+  EXPECT_TRUE(eventually([&] { return l1_of(b, "k") == "<absent>"; }));
+  EXPECT_EQ(server_.cli({"GET", "co:__lc:ns:n"}), "1");
+}
+
+TEST_F(RedisCoordinationTest, KilledBusConnectionDropsL1AndResubscribes) {
+  instance a = make(), b = make();
+  ASSERT_TRUE(a.cache->set<std::string>("k", "v1", {.policy = write_policy::strict}).ok());
+  EXPECT_EQ(l1_of(b, "k"), "v1");
+  ASSERT_EQ(std::system(("redis-cli -p " + std::to_string(server_.port()) +
+                         " CLIENT KILL TYPE pubsub > /dev/null")
+                            .c_str()),
+            0);
+  EXPECT_TRUE(eventually([&] { return b.cache->metrics().bus_resyncs >= 1; }));
+  // After the resubscription, invalidations flow again.
+  EXPECT_EQ(l1_of(b, "k"), "v1");
+  ASSERT_TRUE(a.cache->set<std::string>("k", "v2").ok());
+  EXPECT_TRUE(eventually([&] { return l1_of(b, "k") == "v2"; }));
+}
+
+TEST_F(RedisCoordinationTest, UnreachableRedisDegradesSingleFlightToTheProcess) {
+  auto o = options();
+  o.url = "redis://127.0.0.1:1";  // nothing listens there
+  o.connect_timeout = 50ms;
+  instance a = make(o);
+  int calls = 0;
+  auto v = a.cache->get<std::string>("k", [&] {
+    ++calls;
+    return std::string("v");
+  });
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(a.cache->metrics().coordination_fallbacks, 1u);
+}
+
+TEST_F(RedisCoordinationTest, ReservedKeysAreRefused) {
+  instance a = make();
+  EXPECT_THROW((void)a.cache->set<std::string>("__lc:lease:x", "v"), invalid_argument_error);
+  EXPECT_THROW((void)a.cache->get<std::string>("__lc:x", [] { return std::string("v"); }),
+               invalid_argument_error);
+}
+
+}  // namespace
+}  // namespace layercache::test
