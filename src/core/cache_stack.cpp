@@ -75,6 +75,7 @@ struct found_entry {
   unix_ms fresh_until_ms = 0;
   std::string bytes;  // the envelope as stored, reused for backfill
   std::vector<std::string> tags;
+  std::uint64_t version = 0;
 };
 
 // What a fill carries besides the value: the lease it fills (distributed single-flight), the
@@ -89,6 +90,9 @@ struct fill_info {
 // A lease taken by a cold miss; given back on every path that does not fill it.
 struct lease_state {
   std::string token;
+  // The version of a delete Redis still remembers: a copy below Redis (disk) older than it was
+  // deleted elsewhere, maybe while this instance was not listening, and must not be served.
+  std::uint64_t tombstone = 0;
 };
 
 constexpr std::size_t no_layer = static_cast<std::size_t>(-1);
@@ -420,8 +424,8 @@ struct cache_stack::impl {
     st.hits.fetch_add(1, std::memory_order_relaxed);
     if (env.header.negative) negative_hits.fetch_add(1, std::memory_order_relaxed);
     versions.observe(env.header.version);
-    return found_entry{std::move(value), env.header.negative, env.header.fresh_until_ms,
-                       std::move(*r.bytes), std::move(env.tags)};
+    return found_entry{std::move(value),    env.header.negative, env.header.fresh_until_ms,
+                       std::move(*r.bytes), std::move(env.tags), env.header.version};
   }
 
   std::optional<found_entry> read(std::size_t i, std::string_view key,
@@ -458,6 +462,10 @@ struct cache_stack::impl {
         continue;
       }
       if (auto e = read(i, key, ops)) {
+        if (lease != nullptr && i > coord_at && e->version < lease->tombstone) {
+          (void)bytes[i]->del(key);  // deleted elsewhere after this copy was written
+          continue;
+        }
         found_at = i;
         return e;
       }
@@ -499,6 +507,7 @@ struct cache_stack::impl {
             st.misses.fetch_add(1, std::memory_order_relaxed);  // else counted by take()
           lease_grants.fetch_add(1, std::memory_order_relaxed);
           lease.token = std::move(a.token);
+          lease.tombstone = a.tombstone;
           return std::nullopt;
         case detail::lease_answer::kind::held: {
           if (!waited) {

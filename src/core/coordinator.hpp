@@ -44,8 +44,9 @@ class bus_listener {
 struct lease_answer {
   enum class kind : unsigned char { value, granted, held, failed };
   kind type = kind::failed;
-  std::optional<std::string> bytes;       // value: the stored envelope
-  std::string token;                      // granted: the lease's fencing token
+  std::optional<std::string> bytes;  // value: the stored envelope
+  std::string token;                 // granted: the lease's fencing token
+  std::uint64_t tombstone = 0;       // granted: the version of a delete Redis remembers, if any
   std::chrono::milliseconds held_for{0};  // held: the lease's remaining lifetime
   status error;                           // failed: why (Redis unreachable, breaker open, ...)
 };

@@ -63,7 +63,8 @@ local function announce(seqkey, channel, origin, op, vstr, la, lb)
 end
 )lua";
 
-// KEYS: value, lease. ARGV: token, lease ms, force. -> {1, value} | {2} | {3, pttl}
+// KEYS: value, lease. ARGV: token, lease ms, force. -> {1, value} | {2[, tombstone hi, lo]} |
+// {3, pttl}
 constexpr std::string_view lua_acquire = R"lua(
 local v = redis.call('GET', KEYS[1])
 if v and not is_tomb(v) then return {1, v} end
@@ -73,6 +74,10 @@ if ARGV[3] == '1' or redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[2], 't', ARGV[1])
   if w then redis.call('HSET', KEYS[2], 'w', w) end
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  if v then
+    local hi, lo = ver(v)
+    return {2, hi, lo}
+  end
   return {2}
 end
 redis.call('HSET', KEYS[2], 'w', '1')
@@ -307,6 +312,12 @@ class redis_coordinator final : public detail::coordinator {
       case 2:
         out.type = detail::lease_answer::kind::granted;
         out.token = token;
+        if (v.elements.size() == 3 && v.elements[1].type == reply::kind::integer &&
+            v.elements[2].type == reply::kind::integer && v.elements[1].integer >= 0 &&
+            v.elements[2].integer >= 0) {
+          out.tombstone = (static_cast<std::uint64_t>(v.elements[1].integer) << 32) |
+                          static_cast<std::uint64_t>(v.elements[2].integer);
+        }
         hold(key, token);
         return out;
       case 3:

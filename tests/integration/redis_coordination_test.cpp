@@ -16,11 +16,15 @@
 #include "layercache/cache_namespace.hpp"
 #include "layercache/cache_stack.hpp"
 #include "layercache/error.hpp"
+#if LAYERCACHE_TEST_WITH_DISK
+#include "layercache/disk_layer.hpp"
+#endif
 #include "layercache/memory_layer.hpp"
 #include "layercache/redis_layer.hpp"
 #include "support/await.hpp"
 #include "support/redis_server.hpp"
 #include "support/tcp_fault_proxy.hpp"
+#include "support/temp_dir.hpp"
 
 namespace layercache::test {
 namespace {
@@ -342,6 +346,34 @@ TEST_F(RedisCoordinationTest, ReservedKeysAreRefused) {
   EXPECT_THROW((void)a.cache->get<std::string>("__lc:x", [] { return std::string("v"); }),
                invalid_argument_error);
 }
+
+#if LAYERCACHE_TEST_WITH_DISK
+TEST_F(RedisCoordinationTest, ADiskCopyOlderThanADeleteElsewhereIsNotServed) {
+  temp_dir dir;
+  const std::string disk_dir = (dir.path() / "disk").string();
+  auto stack_with_disk = [&] {
+    return std::make_unique<cache_stack>(std::vector<std::shared_ptr<layer>>{
+        memory_layer::create({}), redis_layer::create(options()),
+        disk_layer::create({.directory = disk_dir})});
+  };
+  {
+    auto b = stack_with_disk();
+    (void)b->get<std::string>("k", [] { return std::string("old"); });
+    ASSERT_TRUE(b->flush());
+  }  // B is gone (not listening) while A deletes the key
+  instance a = make();
+  ASSERT_TRUE(a.cache->del("k").ok());
+  ASSERT_TRUE(a.cache->flush());
+  auto b = stack_with_disk();
+  int fetched = 0;
+  auto v = b->get<std::string>("k", [&] {
+    ++fetched;
+    return std::string("new");
+  });
+  EXPECT_EQ(*v, "new") << "B served its disk copy of a key deleted while it was away";
+  EXPECT_EQ(fetched, 1);
+}
+#endif
 
 }  // namespace
 }  // namespace layercache::test
