@@ -663,12 +663,10 @@ class redis_coordinator final : public detail::coordinator {
   }
 
   // ---- leases held by this process: renewed until filled or released ------------------------
+  // A new lease needs no renewal before lease_ttl / 3, so the renewer is not woken for it.
   void hold(std::string_view key, const std::string& token) {
-    {
-      std::lock_guard lock(leases_mu_);
-      leases_[token] = std::string(key);
-    }
-    leases_cv_.notify_all();
+    std::lock_guard lock(leases_mu_);
+    leases_[token] = std::string(key);
   }
   void unhold(std::string_view key, std::string_view token) {
     (void)key;
