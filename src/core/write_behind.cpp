@@ -58,7 +58,10 @@ void write_behind::submit(write_op op) {
     // Lock order q.mu -> pending shard mu, as in run()'s shutdown path.
     std::lock_guard lock(q.mu);
     op.seq = seq_.fetch_add(1, std::memory_order_relaxed) + 1;
-    {
+    // A local-only delete applies another instance's change to this instance's private layers;
+    // readers must not take it for a delete of ours (they would skip Redis, which has the change,
+    // and fetch). Until it runs, the tombstone version a lease grant carries covers those layers.
+    if (!op.local_only) {
       pending_shard& ps = pending_for(op.hash);
       std::lock_guard pending_lock(ps.mu);
       pending_entry& e = ps.map[op.key];
@@ -147,19 +150,25 @@ void write_behind::execute(std::vector<write_op>& batch) {
   for (std::size_t i = 0; i < batch.size(); ++i) last[batch[i].key] = i;
 
   std::vector<status> result(batch.size());
+  std::unordered_map<std::string_view, std::size_t> last_shared;
   if (opts_.coord != nullptr) {
+    // For the coordinating layer, a local-only op (another instance's change, applied to this
+    // instance's private layers) supersedes nothing: our own write of the key may be the newer one
+    // and must still reach Redis, where versions decide.
+    last_shared.reserve(batch.size());
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (!batch[i].local_only) last_shared[batch[i].key] = i;
+    }
     // A superseded fill never reaches the coordinator: give its lease back so that instances
     // waiting for it do not wait for the lease to expire.
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const write_op& op = batch[i];
-      if (!op.lease.empty() && last[op.key] != i) opts_.coord->release(op.key, op.lease);
+      if (!op.lease.empty() && last_shared[op.key] != i) opts_.coord->release(op.key, op.lease);
     }
+    execute_coordinated(batch, last_shared, result);
   }
   for (std::size_t j = 0; j < layers_.size(); ++j) {
-    if (j == opts_.coord_at) {
-      execute_coordinated(batch, last, result);
-      continue;
-    }
+    if (j == opts_.coord_at) continue;
     std::vector<byte_write> writes;
     std::vector<std::string> dels;
     std::vector<std::size_t> set_idx, del_idx;
@@ -197,7 +206,14 @@ void write_behind::execute(std::vector<write_op>& batch) {
   }
   for (std::size_t i = 0; i < batch.size(); ++i) {
     write_op& op = batch[i];
-    if (op.ticket) op.ticket->complete(result[last[op.key]]);
+    if (op.ticket) {
+      status r = result[last[op.key]];
+      if (auto it = last_shared.find(op.key);
+          it != last_shared.end() && it->second != last[op.key]) {
+        r.update(result[it->second]);
+      }
+      op.ticket->complete(std::move(r));
+    }
     retire(op);
   }
   queued_.fetch_sub(batch.size(), std::memory_order_relaxed);
@@ -213,7 +229,7 @@ void write_behind::execute_coordinated(
   std::vector<std::size_t> idx;
   for (const auto& [key, i] : last) {
     const write_op& op = batch[i];
-    if (op.upto <= j || op.local_only) {
+    if (op.upto <= j) {
       // Not meant for this layer, but a lease taken for it must still be given back.
       if (!op.lease.empty()) opts_.coord->release(op.key, op.lease);
       continue;
@@ -247,6 +263,7 @@ void write_behind::execute_coordinated(
 }
 
 void write_behind::retire(const write_op& op) {
+  if (op.local_only) return;  // never registered (submit)
   pending_shard& ps = pending_for(op.hash);
   std::lock_guard lock(ps.mu);
   auto it = ps.map.find(op.key);
