@@ -515,6 +515,7 @@ struct cache_stack::impl {
             lease_waits.fetch_add(1, std::memory_order_relaxed);
           }
           const auto now = steady::now();
+          if (now >= give_up_at || now >= take_over_at) coord->stop_waiting(key);
           if (now >= give_up_at) {
             wait_timeouts.fetch_add(1, std::memory_order_relaxed);
             status s(errc::timeout, "waited " + std::to_string(deadline.count()) +
@@ -529,7 +530,7 @@ struct cache_stack::impl {
             force = true;
             continue;
           }
-          coord->await_fill(key, std::min(take_over_at, give_up_at));
+          coord->await_fill(key, a.wakeups, std::min(take_over_at, give_up_at));
           continue;
         }
         case detail::lease_answer::kind::failed:

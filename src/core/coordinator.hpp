@@ -48,7 +48,10 @@ struct lease_answer {
   std::string token;                 // granted: the lease's fencing token
   std::uint64_t tombstone = 0;       // granted: the version of a delete Redis remembers, if any
   std::chrono::milliseconds held_for{0};  // held: the lease's remaining lifetime
-  status error;                           // failed: why (Redis unreachable, breaker open, ...)
+  // held: the caller is registered for wake-ups of `key` from before the request was sent (so a
+  // fill landing before the answer arrives is not missed); pass it to await_fill or stop_waiting.
+  std::uint64_t wakeups = 0;
+  status error;  // failed: why (Redis unreachable, breaker open, ...)
 };
 
 // One write of a background batch to the coordinating layer.
@@ -92,9 +95,13 @@ class coordinator {
   // holds it". `force` takes the lease even when another instance holds it (a waiter past its
   // patience). A granted lease is renewed in the background until fill or release.
   virtual lease_answer acquire(std::string_view key, bool force) = 0;
-  // Waits until another instance's lease on `key` is filled or released (bus notification), or
-  // until `until` or a poll interval passes, whichever is first. Then the caller acquires again.
-  virtual void await_fill(std::string_view key, std::chrono::steady_clock::time_point until) = 0;
+  // After a `held` answer: waits until another instance's lease on `key` is filled or released
+  // (bus notification; also one that arrived since the acquire was sent), or until `until` or a
+  // poll interval passes, whichever is first. Then the caller acquires again.
+  virtual void await_fill(std::string_view key, std::uint64_t wakeups,
+                          std::chrono::steady_clock::time_point until) = 0;
+  // After a `held` answer the caller will not wait for (it gives up or takes over).
+  virtual void stop_waiting(std::string_view key) = 0;
   // Gives a lease up without a value (the fetch failed, or its result is not cached) and wakes
   // instances waiting for it. Asynchronous; never fails loudly (the lease expires anyway).
   virtual void release(std::string_view key, std::string_view token) = 0;

@@ -289,6 +289,20 @@ class redis_coordinator final : public detail::coordinator {
     const std::string ms = std::to_string(o_.lease_ttl.count());
     const std::string_view keys[] = {vkey, lkey};
     const std::string_view args[] = {token, ms, force ? "1" : "0"};
+    const std::uint64_t seen = watch(key);
+    detail::lease_answer answer = acquire_once(keys, args, token, key);
+    if (answer.type == detail::lease_answer::kind::held) {
+      answer.wakeups = seen;
+    } else {
+      stop_waiting(key);
+    }
+    return answer;
+  }
+
+  detail::lease_answer acquire_once(std::span<const std::string_view> keys,
+                                    std::span<const std::string_view> args,
+                                    const std::string& token, std::string_view key) {
+    detail::lease_answer out;
     result r = run(s_acquire, keys, args, o_.read_deadline);
     status s = ctx_.read_outcome(r.error);
     if (!s.ok()) {
@@ -334,17 +348,30 @@ class redis_coordinator final : public detail::coordinator {
     return out;
   }
 
-  void await_fill(std::string_view key, steady::time_point until) override {
-    const auto poll_end = steady::now() + o_.lease_poll;
-    const auto end = std::min(until, poll_end);
+  void await_fill(std::string_view key, std::uint64_t seen, steady::time_point until) override {
+    const auto end = std::min(until, steady::now() + o_.lease_poll);
     std::unique_lock lock(waiters_mu_);
-    waiter& w = waiters_[std::string(key)];
-    ++w.count;
-    const std::uint64_t seen = w.wakeups;
+    auto it = waiters_.find(std::string(key));
+    if (it == waiters_.end()) return;  // not registered: nothing to wait on
     // `w` stays valid: unordered_map references survive rehashing, and only the last waiter of a
     // key erases it.
+    waiter& w = it->second;
     waiters_cv_.wait_until(lock, end, [&] { return w.wakeups != seen; });
     if (--w.count == 0) waiters_.erase(std::string(key));
+  }
+
+  void stop_waiting(std::string_view key) override {
+    std::lock_guard lock(waiters_mu_);
+    auto it = waiters_.find(std::string(key));
+    if (it != waiters_.end() && --it->second.count == 0) waiters_.erase(it);
+  }
+
+  // Registers a waiter for `key` before its acquire is sent; returns the wake-up count seen.
+  std::uint64_t watch(std::string_view key) {
+    std::lock_guard lock(waiters_mu_);
+    waiter& w = waiters_[std::string(key)];
+    ++w.count;
+    return w.wakeups;
   }
 
   void release(std::string_view key, std::string_view token) override {
