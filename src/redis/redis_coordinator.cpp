@@ -588,7 +588,12 @@ class redis_coordinator final : public detail::coordinator {
  private:
   struct script {
     std::string source;
-    std::string sha;  // learnt with SCRIPT LOAD; empty until then
+  };
+  // Digests learnt with SCRIPT LOAD (empty until then). Shared with the load callbacks.
+  struct digest_table {
+    std::mutex mu;
+    std::string sha[s_count];
+    bool loading[s_count] = {};
   };
   struct waiter {
     std::size_t count = 0;
@@ -629,8 +634,8 @@ class redis_coordinator final : public detail::coordinator {
   }
 
   std::string sha(script_id id) {
-    std::lock_guard lock(sha_mu_);
-    return scripts_[id].sha;
+    std::lock_guard lock(digests_->mu);
+    return digests_->sha[id];
   }
 
   // EVALSHA when the script's digest is known, EVAL otherwise (which also caches the script in
@@ -661,16 +666,18 @@ class redis_coordinator final : public detail::coordinator {
 
   void learn_sha(script_id id) {
     {
-      std::lock_guard lock(sha_mu_);
-      if (loading_[id]) return;
-      loading_[id] = true;
+      std::lock_guard lock(digests_->mu);
+      if (digests_->loading[id]) return;
+      digests_->loading[id] = true;
     }
+    // The callback may run after this coordinator is gone (the client outlives it): it only
+    // touches the digest table it shares.
     ctx_.client->execute_async({"SCRIPT", "LOAD", scripts_[id].source}, o_.write_deadline,
-                               [this, id](result r) {
-                                 std::lock_guard lock(sha_mu_);
-                                 loading_[id] = false;
+                               [digests = digests_, id](result r) {
+                                 std::lock_guard lock(digests->mu);
+                                 digests->loading[id] = false;
                                  if (r.error.ok() && r.value.type == reply::kind::string) {
-                                   scripts_[id].sha = std::move(r.value.str);
+                                   digests->sha[id] = std::move(r.value.str);
                                  }
                                });
   }
@@ -813,9 +820,8 @@ class redis_coordinator final : public detail::coordinator {
   std::uint64_t origin_ = 0;
   std::string lease_prefix_, tag_prefix_, ns_prefix_, seq_key_, bus_channel_, fill_channel_;
 
-  std::mutex sha_mu_;
   script scripts_[s_count];
-  bool loading_[s_count] = {};
+  std::shared_ptr<digest_table> digests_ = std::make_shared<digest_table>();
 
   std::mutex rng_mu_;
   std::mt19937_64 rng_;
