@@ -35,6 +35,12 @@
 // in the background: a get returns as soon as L1 holds the value. The destructor waits up to
 // stack_options::shutdown_flush_timeout for queued writes.
 //
+// Many instances: with a coordinating Redis layer (redis_layer_options::coordinate, the default),
+// the fetcher runs once per key across processes too (a Redis lease), writes are versioned so a
+// late one never replaces a newer value, and every mutation is announced so other instances drop
+// their L1 copies (docs/design.md, "Coordination across instances"). Tags, prefixes and namespaces
+// (cache_namespace.hpp) invalidate groups of keys everywhere.
+//
 // Thread-safety: every method may be called concurrently from any thread. Not copyable or movable;
 // share it by reference or shared_ptr. Destroying it while calls are running is undefined.
 #pragma once
