@@ -7,7 +7,7 @@ scripts/install-deps.sh
 cmake --preset release
 cmake --build --preset release -j "$(nproc)" --target layercache-bench
 bench=build/release/bench/layercache-bench
-for scenario in hot-path stampede l2-hit slow-redis disk; do
+for scenario in hot-path stampede l2-hit slow-redis multi-process invalidation-lag disk; do
   echo
   echo "== layercache-bench $scenario"
   "$bench" "$scenario"

@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
 #if LAYERCACHE_BENCH_HAS_REDIS
   layercache::bench::register_l2_hit(app, args);
   layercache::bench::register_slow_redis(app, args);
+  layercache::bench::register_multi_process(app, args);
+  layercache::bench::register_invalidation_lag(app, args);
 #endif
 #if LAYERCACHE_BENCH_HAS_DISK
   layercache::bench::register_disk(app, args);

@@ -23,6 +23,10 @@ void register_stampede(CLI::App& app, common_args& args);
 #if LAYERCACHE_BENCH_HAS_REDIS
 void register_l2_hit(CLI::App& app, common_args& args);
 void register_slow_redis(CLI::App& app, common_args& args);
+// Multi-process scenarios also register a hidden worker subcommand each (the binary re-executes
+// itself as the worker processes).
+void register_multi_process(CLI::App& app, common_args& args);
+void register_invalidation_lag(CLI::App& app, common_args& args);
 #endif
 #if LAYERCACHE_BENCH_HAS_DISK
 void register_disk(CLI::App& app, common_args& args);
