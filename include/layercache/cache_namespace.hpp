@@ -11,6 +11,9 @@
 // Views nest: cache.ns("a").ns("b") is inside "a", and rotating "a" invalidates "b" too. Keys,
 // tags and prefixes given to a view are in the view's terms; key limits apply to the full key.
 //
+// Cost: each call builds the full key, so a hit through a view allocates once the full key is
+// longer than the small-string buffer (15 bytes); use the stack directly on the hottest paths.
+//
 // Thread-safety: a view is a small value (copyable); its members are as thread-safe as the stack's.
 // The stack must outlive its views.
 #pragma once
