@@ -1,8 +1,8 @@
-#include "redis/bus_message.hpp"
-
 #include <gtest/gtest.h>
 
 #include <string>
+
+#include "redis/bus_message.hpp"
 
 namespace layercache::redis_detail {
 namespace {

@@ -46,8 +46,8 @@ TEST(TagsTest, AllMatchNeedsEveryTag) {
 TEST(TagsTest, TagInvalidationReachesTheByteLayers) {
   auto bytes = std::make_shared<test_byte_layer>();
   cache_stack cache({memory_layer::create({}), bytes});
-  ASSERT_TRUE(cache.set<std::string>("a", "1", {.policy = write_policy::strict, .tags = {"t"}})
-                  .ok());
+  ASSERT_TRUE(
+      cache.set<std::string>("a", "1", {.policy = write_policy::strict, .tags = {"t"}}).ok());
   ASSERT_TRUE(cache.invalidate_tag("t").ok());
   ASSERT_TRUE(cache.flush());
   EXPECT_FALSE(bytes->get("a").bytes) << "the byte layer kept a key of an invalidated tag";
