@@ -278,6 +278,21 @@ struct cache_stack::impl {
     submit_del(key, hash, bytes.size(), nullptr, 0, /*local_only=*/true);
   }
 
+  // Another instance invalidated a group of keys (tag, prefix, clear) with `version`, and its
+  // script removed what Redis held then. Our own writes of matching keys still queued would land
+  // after it and bring keys back: follow each with a delete of that version. Versions decide in
+  // Redis, so a write of ours newer than the invalidation survives (the delete is refused there).
+  void fence_pending(std::uint64_t version, const std::function<bool(std::string_view)>& match) {
+    if (!writer || version == 0) return;
+    versions.observe(version);
+    for (const auto& key : writer->pending_keys(match)) {
+      const std::uint64_t hash = detail::hash_key(key);
+      std::lock_guard stripe(order_of(hash));
+      if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+      submit_del(key, hash, bytes.size(), nullptr, version);
+    }
+  }
+
   // Removes the keys starting with `prefix` from byte layer `b` (scan, then batched deletes).
   status erase_prefix_in(byte_layer& b, std::string_view prefix) {
     std::vector<std::string> doomed;
@@ -650,21 +665,28 @@ struct cache_stack::impl {
       m.bus_received.fetch_add(1, std::memory_order_relaxed);
       for (const auto& k : keys) m.drop_local(k);
     }
-    void on_tags(std::span<const std::string> tag_list, bool all,
-                 std::span<const std::string> keys) override {
+    void on_tags(std::span<const std::string> tag_list, bool all, std::span<const std::string> keys,
+                 std::uint64_t version) override {
       m.bus_received.fetch_add(1, std::memory_order_relaxed);
+      std::vector<std::string> ours = m.tags.take(tag_list, all);
       for (const auto& k : keys) m.drop_local(k);
-      for (const auto& k : m.tags.take(tag_list, all)) m.drop_local(k);
+      for (const auto& k : ours) m.drop_local(k);
+      // A tagged write of ours still queued was not in the shared tag set the invalidation read.
+      m.fence_pending(version, [&](std::string_view k) {
+        return std::find(ours.begin(), ours.end(), k) != ours.end();
+      });
     }
-    void on_prefix(std::string_view prefix) override {
+    void on_prefix(std::string_view prefix, std::uint64_t version) override {
       m.bus_received.fetch_add(1, std::memory_order_relaxed);
       m.flights.invalidate_all();
       if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
       for (std::size_t i = 0; i < m.bytes.size(); ++i) {
         if (i != m.coord_at) (void)m.erase_prefix_in(*m.bytes[i], prefix);
       }
+      m.fence_pending(version,
+                      [&](std::string_view k) { return k.substr(0, prefix.size()) == prefix; });
     }
-    void on_clear() override {
+    void on_clear(std::uint64_t version) override {
       m.bus_received.fetch_add(1, std::memory_order_relaxed);
       m.flights.invalidate_all();
       m.tags.clear();
@@ -672,6 +694,7 @@ struct cache_stack::impl {
       for (std::size_t i = 0; i < m.bytes.size(); ++i) {
         if (i != m.coord_at) (void)m.bytes[i]->clear();
       }
+      m.fence_pending(version, [](std::string_view) { return true; });
     }
     void on_rotate(std::string_view path, std::uint64_t generation) override {
       m.bus_received.fetch_add(1, std::memory_order_relaxed);
@@ -1028,7 +1051,8 @@ status cache_stack::clear() {
   m.tags.clear();
   for (auto& l : m.layers) result.update(detail::attribute_to(*l, l->clear()));
   if (m.coord != nullptr) {
-    result.update(detail::attribute_to(*m.bytes[m.coord_at], m.coord->announce_clear()));
+    result.update(detail::attribute_to(
+        *m.bytes[m.coord_at], m.coord->announce_clear(m.versions.next(m.clock->now_ms()))));
   }
   return result;
 }

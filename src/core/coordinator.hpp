@@ -28,11 +28,12 @@ class bus_listener {
   // Values of these keys changed or went away elsewhere: drop local copies.
   virtual void on_keys(std::span<const std::string> keys) = 0;
   // Keys carrying these tags (any of them, or all of them) were invalidated; `keys` are those the
-  // shared tag sets knew.
+  // shared tag sets knew. `version` is the invalidation's: a write of ours still queued for one of
+  // the keys began before it (the shared layer did not know the key yet) and must be fenced out.
   virtual void on_tags(std::span<const std::string> tags, bool all,
-                       std::span<const std::string> keys) = 0;
-  virtual void on_prefix(std::string_view prefix) = 0;
-  virtual void on_clear() = 0;
+                       std::span<const std::string> keys, std::uint64_t version) = 0;
+  virtual void on_prefix(std::string_view prefix, std::uint64_t version) = 0;
+  virtual void on_clear(std::uint64_t version) = 0;
   // Namespace `path` moved to `generation`.
   virtual void on_rotate(std::string_view path, std::uint64_t generation) = 0;
   // Messages may have been lost (a sequence gap, or the subscription broke and came back): drop
@@ -118,8 +119,8 @@ class coordinator {
                                  std::vector<std::string>& keys) = 0;
   // Removes every key starting with `prefix` from the shared layer and announces it.
   virtual status invalidate_prefix(std::string_view prefix, std::uint64_t version) = 0;
-  // Announces a clear (the layer's clear() does the removing).
-  virtual status announce_clear() = 0;
+  // Announces a clear (the layer's clear() does the removing), with the clear's version.
+  virtual status announce_clear(std::uint64_t version) = 0;
   // The current generation of namespace `path` (0 when never rotated), or an error.
   virtual std::optional<std::uint64_t> generation(std::string_view path, status& error) = 0;
   // Bumps the generation of `path` and announces it; returns the new one.

@@ -87,6 +87,19 @@ write_behind::pending_kind write_behind::pending(std::string_view key, std::uint
   return it->second.kind;
 }
 
+std::vector<std::string> write_behind::pending_keys(
+    const std::function<bool(std::string_view)>& match) const {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < pending_count; ++i) {
+    pending_shard& ps = pending_[i];
+    std::lock_guard lock(ps.mu);
+    for (const auto& [key, entry] : ps.map) {
+      if (match(key)) out.push_back(key);
+    }
+  }
+  return out;
+}
+
 bool write_behind::flush(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   bool all = true;

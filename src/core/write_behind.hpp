@@ -111,6 +111,9 @@ class write_behind {
   pending_kind pending(std::string_view key, std::uint64_t hash,
                        std::shared_ptr<const std::string>* bytes) const;
 
+  // The keys with an op not yet executed (local-only ops excluded) that `match` accepts.
+  std::vector<std::string> pending_keys(const std::function<bool(std::string_view)>& match) const;
+
   // Waits until every op submitted before the call has run, or the timeout passes.
   bool flush(std::chrono::milliseconds timeout);
 

@@ -544,7 +544,7 @@ class redis_coordinator final : public detail::coordinator {
     return announce('p', version, {std::string(prefix)}, {});
   }
 
-  status announce_clear() override { return announce('c', 0, {}, {}); }
+  status announce_clear(std::uint64_t version) override { return announce('c', version, {}, {}); }
 
   std::optional<std::uint64_t> generation(std::string_view path, status& error) override {
     if (!ctx_.read_allowed()) {
@@ -795,13 +795,13 @@ class redis_coordinator final : public detail::coordinator {
         break;
       case 't':
       case 'T':
-        l.on_tags(m.a, m.op == 'T', m.b);
+        l.on_tags(m.a, m.op == 'T', m.b, m.version);
         break;
       case 'p':
-        if (!m.a.empty()) l.on_prefix(m.a.front());
+        if (!m.a.empty()) l.on_prefix(m.a.front(), m.version);
         break;
       case 'c':
-        l.on_clear();
+        l.on_clear(m.version);
         break;
       case 'r': {
         std::uint64_t g = 0;

@@ -517,10 +517,15 @@ TEST_F(RedisCoherenceTest, RotatedNamespaceHidesItsOldValuesFromEveryOtherProces
   await_value("item", "<null>", "tenant/sub");  // nested namespaces rotate with their parent
   EXPECT_EQ(b.value("peek cart ns=other"), "other-c1") << "another namespace was invalidated";
 
-  // Both processes agree on the new generation: B's fetch under it is what A reads.
+  // Both processes agree on the new generation: B's fetch under it is what A reads (once B's
+  // background write of the fetched value has landed, hence the bounded wait).
   const facts refetched = b.call("get cart ns=tenant");
   EXPECT_EQ(fact(refetched, "fetched"), "1");
-  EXPECT_EQ(a.value("peek cart ns=tenant"), fact(refetched, "value"));
+  a.send("await cart eq " + fact(refetched, "value") + " " + within + " ns=tenant");
+  (void)a.receive();
+  const facts seen_by_a = a.receive();
+  EXPECT_EQ(fact(seen_by_a, "ok"), "1")
+      << "A reads " << fact(seen_by_a, "value") << ", expected " << fact(refetched, "value");
   // A process that starts after the rotation looks the generation up in Redis.
   agent c = make_agent("c");
   EXPECT_EQ(c.value("peek cart ns=tenant"), fact(refetched, "value"));

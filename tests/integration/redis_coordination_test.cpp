@@ -237,6 +237,27 @@ TEST_F(RedisCoordinationTest, TagInvalidationRemovesKeysInEveryInstance) {
   EXPECT_EQ(server_.cli({"EXISTS", "co:__lc:tag:user:1"}), "0") << "the tag set outlived it";
 }
 
+TEST_F(RedisCoordinationTest, ATaggedFillStillOnItsWayIsFencedOutByATagInvalidationElsewhere) {
+  // B's commands reach Redis 300 ms late, so its fill of a tagged value is still on its way when A
+  // invalidates the tag: A's script cannot see the key in the tag set. B hears the invalidation
+  // and follows its queued fill with a delete of the invalidation's version.
+  tcp_fault_proxy proxy(server_.host(), server_.port());
+  auto slow = options();
+  slow.url = proxy.url();
+  instance b = make(slow), a = make();
+  proxy.set_latency(300ms, 0ms);
+  (void)b.cache->get<std::string>("report", [] { return std::string("stale"); },
+                                  {.tags = {"user:1"}});
+  ASSERT_TRUE(a.cache->invalidate_tag("user:1").ok());
+  ASSERT_TRUE(
+      eventually([&] { return b.cache->get_if_present<std::string>("report") == nullptr; }));
+  ASSERT_TRUE(b.cache->flush());
+  proxy.set_latency(0ms, 0ms);
+  instance c = make();
+  EXPECT_EQ(*c.cache->get<std::string>("report", [] { return std::string("fresh"); }), "fresh")
+      << "a fill that began before the tag invalidation outlived it";
+}
+
 TEST_F(RedisCoordinationTest, TagsAllMatchesOnlyKeysWithEveryTag) {
   instance a = make();
   ASSERT_TRUE(
