@@ -112,6 +112,7 @@
 #include "layercache/error.hpp"
 #include "redis/errors.hpp"
 #include "redis/redis_url.hpp"
+#include "redis/wire.hpp"
 
 namespace layercache::redis_detail {
 
@@ -159,14 +160,6 @@ static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
 std::uint32_t* futex_word(std::atomic<std::uint32_t>* word) {
   return reinterpret_cast<std::uint32_t*>(word);
-}
-
-timespec to_timespec(nanoseconds d) {
-  if (d < nanoseconds::zero()) d = nanoseconds::zero();
-  timespec ts{};
-  ts.tv_sec = static_cast<time_t>(d.count() / 1'000'000'000);
-  ts.tv_nsec = static_cast<long>(d.count() % 1'000'000'000);
-  return ts;
 }
 
 void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, nanoseconds timeout) {
@@ -467,51 +460,6 @@ result to_result(reply&& r) {
   if (r.type == reply::kind::error) out.error = error_reply_status(r.str);
   out.value = std::move(r);
   return out;
-}
-
-// A command formatted by hiredis. The sds variant of redisFormatCommandArgv writes the same bytes
-// but with hiredis's own sdscatfmt instead of libc sprintf for the length prefixes, which was ~4%
-// of a caller's CPU per command in profiles of 32 callers on 2 cores.
-class formatted_command {
- public:
-  template <class Args>
-  explicit formatted_command(const Args& argv) {
-    constexpr std::size_t k_inline = 16;
-    std::array<const char*, k_inline> ptr_inline{};
-    std::array<std::size_t, k_inline> len_inline{};
-    std::vector<const char*> ptr_heap;
-    std::vector<std::size_t> len_heap;
-    const char** ptrs = ptr_inline.data();
-    std::size_t* lens = len_inline.data();
-    const std::size_t argc = std::size(argv);
-    if (argc > k_inline) {
-      ptr_heap.resize(argc);
-      len_heap.resize(argc);
-      ptrs = ptr_heap.data();
-      lens = len_heap.data();
-    }
-    for (std::size_t i = 0; i < argc; ++i) {
-      const std::string_view a = argv[i];
-      ptrs[i] = a.empty() ? "" : a.data();  // hiredis memcpy()s from it even for length 0
-      lens[i] = a.size();
-    }
-    const int len = redisFormatSdsCommandArgv(&cmd_, static_cast<int>(argc), ptrs, lens);
-    if (len < 0 || cmd_ == nullptr) throw std::bad_alloc();
-    len_ = static_cast<std::size_t>(len);
-  }
-  formatted_command(const formatted_command&) = delete;
-  formatted_command& operator=(const formatted_command&) = delete;
-  ~formatted_command() { redisFreeSdsCommand(cmd_); }
-  std::string_view bytes() const noexcept { return {cmd_, len_}; }
-
- private:
-  sds cmd_ = nullptr;
-  std::size_t len_ = 0;
-};
-
-template <class Args>
-void append_command(std::string& out, const Args& argv) {
-  out += formatted_command(argv).bytes();
 }
 
 // The I/O thread of the client that is running on this thread, if any.
@@ -1490,52 +1438,16 @@ void hiredis_client::handle_events(connection& cn, short revents) {
 
 void hiredis_client::begin_connect_locked(connection& cn, time_point now) {
   cn.attempt_deadline = now + opts_.connect_timeout;
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  const std::string port = std::to_string(ep_.port);
-  // Resolved on every attempt so a moved name is followed. Names are expected to be local
-  // (loopback, /etc/hosts); a slow DNS server would stall this thread for its lookup.
-  const int rc = ::getaddrinfo(ep_.host.c_str(), port.c_str(), &hints, &found);
-  if (rc != 0 || found == nullptr) {
-    std::string msg = "redis: cannot resolve ";
-    msg += ep_.host;
-    msg += ": ";
-    msg += ::gai_strerror(rc);
-    if (found != nullptr) ::freeaddrinfo(found);
-    fail_attempt_locked(cn, status(errc::unavailable, std::move(msg)), now);
+  const tcp_attempt attempt = open_tcp(ep_, peer_);
+  if (!attempt.error.ok()) {
+    fail_attempt_locked(cn, attempt.error, now);
     return;
   }
-  // Prefer IPv4 ("localhost" may list ::1 first while the server binds 127.0.0.1 only).
-  const addrinfo* pick = found;
-  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    if (a->ai_family == AF_INET) {
-      pick = a;
-      break;
-    }
-  }
-  const int fd = ::socket(pick->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    const int err = errno;
-    ::freeaddrinfo(found);
-    fail_attempt_locked(cn, transport_error(peer_, "socket for", err), now);
-    return;
-  }
-  const int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-  const int r = ::connect(fd, pick->ai_addr, pick->ai_addrlen);
-  const int err = errno;
-  ::freeaddrinfo(found);
-  cn.fd = fd;
-  if (r == 0) {
+  cn.fd = attempt.fd;
+  if (attempt.connected) {
     start_handshake_locked(cn, now);
-  } else if (err == EINPROGRESS) {
-    cn.state = conn_state::connecting;
   } else {
-    fail_attempt_locked(cn, transport_error(peer_, "connect to", err), now);
+    cn.state = conn_state::connecting;
   }
 }
 

@@ -69,6 +69,7 @@
 #include "layercache/error.hpp"
 #include "redis/errors.hpp"
 #include "redis/redis_url.hpp"
+#include "redis/wire.hpp"
 
 namespace layercache::redis_detail {
 
@@ -116,32 +117,6 @@ struct reply_deleter {
   void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
 };
 using reply_ptr = std::unique_ptr<redisReply, reply_deleter>;
-
-std::string format_command(const std::vector<std::string_view>& argv) {
-  std::vector<const char*> ptrs;
-  std::vector<std::size_t> lens;
-  ptrs.reserve(argv.size());
-  lens.reserve(argv.size());
-  for (const std::string_view a : argv) {
-    ptrs.push_back(a.empty() ? "" : a.data());  // hiredis memcpy()s from it even for length 0
-    lens.push_back(a.size());
-  }
-  sds cmd = nullptr;
-  const int len =
-      redisFormatSdsCommandArgv(&cmd, static_cast<int>(argv.size()), ptrs.data(), lens.data());
-  if (len < 0 || cmd == nullptr) throw std::bad_alloc();
-  std::string out(cmd, static_cast<std::size_t>(len));
-  redisFreeSdsCommand(cmd);
-  return out;
-}
-
-timespec to_timespec(nanoseconds d) {
-  if (d < nanoseconds::zero()) d = nanoseconds::zero();
-  timespec ts{};
-  ts.tv_sec = static_cast<time_t>(d.count() / 1'000'000'000);
-  ts.tv_nsec = static_cast<long>(d.count() % 1'000'000'000);
-  return ts;
-}
 
 std::string_view str_of(const redisReply& r) noexcept {
   return r.str == nullptr ? std::string_view() : std::string_view(r.str, r.len);
@@ -242,12 +217,12 @@ subscriber::impl::impl(subscriber_options options, redis_endpoint endpoint, mess
     argv = {"AUTH"};
     if (!ep_.user.empty()) argv.emplace_back(ep_.user);
     argv.emplace_back(password);
-    handshake_bytes_ = format_command(argv);
+    append_command(handshake_bytes_, argv);
   }
   argv = {"SUBSCRIBE"};
   argv.insert(argv.end(), opts_.channels.begin(), opts_.channels.end());
-  handshake_bytes_ += format_command(argv);
-  ping_bytes_ = format_command({"PING"});
+  append_command(handshake_bytes_, argv);
+  append_command(ping_bytes_, std::array<std::string_view, 1>{"PING"});
 
   efd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (efd_ < 0) {
@@ -388,51 +363,14 @@ void subscriber::impl::begin_connect(time_point now) {
     drop(status(errc::resource_exhausted, "redis: out of memory creating a reply reader"), now);
     return;
   }
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  const std::string port = std::to_string(ep_.port);
-  // Resolved on every attempt so a moved name is followed. A slow DNS server would stall this
-  // thread (and the destructor) for its lookup; names are expected to be local.
-  const int rc = ::getaddrinfo(ep_.host.c_str(), port.c_str(), &hints, &found);
-  if (rc != 0 || found == nullptr) {
-    std::string msg = "redis: cannot resolve ";
-    msg += ep_.host;
-    msg += ": ";
-    msg += ::gai_strerror(rc);
-    if (found != nullptr) ::freeaddrinfo(found);
-    drop(status(errc::unavailable, std::move(msg)), now);
+  const tcp_attempt attempt = open_tcp(ep_, peer_);
+  if (!attempt.error.ok()) {
+    drop(attempt.error, now);
     return;
   }
-  // Prefer IPv4 ("localhost" may list ::1 first while the server binds 127.0.0.1 only).
-  const addrinfo* pick = found;
-  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    if (a->ai_family == AF_INET) {
-      pick = a;
-      break;
-    }
-  }
-  fd_ = ::socket(pick->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd_ < 0) {
-    const int err = errno;
-    ::freeaddrinfo(found);
-    drop(transport_error(peer_, "socket for", err), now);
-    return;
-  }
-  const int one = 1;
-  ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  ::setsockopt(fd_, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-  const int r = ::connect(fd_, pick->ai_addr, pick->ai_addrlen);
-  const int err = errno;
-  ::freeaddrinfo(found);
+  fd_ = attempt.fd;
   phase_ = phase::connecting;
-  if (r == 0) {
-    start_handshake(now);
-  } else if (err != EINPROGRESS) {
-    drop(transport_error(peer_, "connect to", err), now);
-  }
+  if (attempt.connected) start_handshake(now);
 }
 
 void subscriber::impl::start_handshake(time_point now) {
