@@ -11,7 +11,6 @@
 // functions are.
 #pragma once
 
-#include <hiredis/hiredis.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -24,6 +23,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "support/sync_redis.hpp"
 
 namespace layercache::bench {
 
@@ -61,70 +62,11 @@ inline nlohmann::json last_json_line(const std::string& output) {
   return parsed;
 }
 
-// One synchronous hiredis connection for the scenario's own bookkeeping (barriers, counters), not
-// for the cache under test. Assumes a server without a password (like l2-hit's raw baseline).
-class raw_redis {
+// The scenario's own bookkeeping connection (barriers, counters): a synchronous hiredis connection
+// whose commands time out after 70 s (longer than any barrier wait of a scenario).
+class raw_redis : public test::sync_redis {
  public:
-  raw_redis(const std::string& host, int port,
-            std::chrono::milliseconds io_timeout = std::chrono::seconds(70)) {
-    timeval connect_tv{5, 0};
-    c_ = redisConnectWithTimeout(host.c_str(), port, connect_tv);
-    if (c_ == nullptr || c_->err != 0) {
-      const std::string why = c_ != nullptr ? c_->errstr : "out of memory";
-      redisFree(c_);
-      throw std::runtime_error("raw redis connect to " + host + ":" + std::to_string(port) +
-                               " failed: " + why);
-    }
-    timeval io_tv{static_cast<time_t>(io_timeout.count() / 1000),
-                  static_cast<suseconds_t>((io_timeout.count() % 1000) * 1000)};
-    redisSetTimeout(c_, io_tv);
-  }
-  ~raw_redis() { redisFree(c_); }
-  raw_redis(const raw_redis&) = delete;
-  raw_redis& operator=(const raw_redis&) = delete;
-
-  // Runs one command. Returns a string or status reply as is, an integer in decimal, nil as
-  // nullopt, an array's last element (BLPOP: the popped value). Throws on an error reply or a
-  // broken connection.
-  std::optional<std::string> command(const std::vector<std::string>& args) {
-    std::vector<const char*> argv;
-    std::vector<std::size_t> lens;
-    for (const auto& a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    auto* reply = static_cast<redisReply*>(
-        redisCommandArgv(c_, static_cast<int>(argv.size()), argv.data(), lens.data()));
-    if (reply == nullptr) {
-      throw std::runtime_error("raw redis " + args.front() + " failed: " + c_->errstr);
-    }
-    std::optional<std::string> out;
-    const redisReply* r = reply;
-    if (r->type == REDIS_REPLY_ARRAY) r = r->elements == 0 ? nullptr : r->element[r->elements - 1];
-    if (r != nullptr) {
-      switch (r->type) {
-        case REDIS_REPLY_STRING:
-        case REDIS_REPLY_STATUS:
-          out = std::string(r->str, r->len);
-          break;
-        case REDIS_REPLY_INTEGER:
-          out = std::to_string(r->integer);
-          break;
-        case REDIS_REPLY_ERROR: {
-          const std::string why(r->str, r->len);
-          freeReplyObject(reply);
-          throw std::runtime_error("raw redis " + args.front() + ": " + why);
-        }
-        default:
-          break;
-      }
-    }
-    freeReplyObject(reply);
-    return out;
-  }
-
- private:
-  redisContext* c_ = nullptr;
+  raw_redis(const std::string& host, int port) : sync_redis(host, port, std::chrono::seconds(70)) {}
 };
 
 }  // namespace layercache::bench

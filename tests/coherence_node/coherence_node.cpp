@@ -35,8 +35,6 @@
 //
 // Output on stdout, unbuffered (a SIGKILL loses no line). Exit codes: 0 done, 1 unexpected failure
 // (message on stderr), 2 usage.
-#include <hiredis/hiredis.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <array>
@@ -68,6 +66,7 @@
 #include "layercache/error.hpp"
 #include "layercache/memory_layer.hpp"
 #include "layercache/redis_layer.hpp"
+#include "support/sync_redis.hpp"
 
 namespace {
 
@@ -128,78 +127,39 @@ class options {
 
 // ---- plain Redis (the origin's counter, barriers, the command channel) --------------------------
 
-// One hiredis connection; commands are serialised by a mutex. Transport or protocol trouble ends
-// the process (the test then fails on the exit status and stderr).
+// The shared bookkeeping connection (tests/support/sync_redis.hpp), where transport or protocol
+// trouble ends the process (the test then fails on the exit status and stderr).
 class plain_redis {
  public:
-  plain_redis(const std::string& url, ms timeout) {
-    // redis://host:port[/db] (the tests use neither credentials nor a database).
-    std::string rest = url.substr(url.find("//") == std::string::npos ? 0 : url.find("//") + 2);
-    rest = rest.substr(0, rest.find('/'));
-    const auto colon = rest.rfind(':');
-    if (colon == std::string::npos) fail("cannot parse --redis-url " + url);
-    const std::string host = rest.substr(0, colon);
-    const int port = std::stoi(rest.substr(colon + 1));
-    const timeval tv = to_timeval(timeout);
-    ctx_ = ::redisConnectWithTimeout(host.c_str(), port, tv);
-    if (ctx_ == nullptr || ctx_->err != 0) {
-      fail("cannot connect to " + url + ": " + (ctx_ ? ctx_->errstr : "out of memory"));
-    }
-    if (::redisSetTimeout(ctx_, tv) != REDIS_OK) fail("redisSetTimeout failed");
-  }
-  ~plain_redis() {
-    if (ctx_ != nullptr) ::redisFree(ctx_);
-  }
-  plain_redis(const plain_redis&) = delete;
-  plain_redis& operator=(const plain_redis&) = delete;
+  plain_redis(const std::string& url, ms timeout) : redis_(connect(url, timeout)) {}
 
   // The reply as text: strings as is, integers in decimal, arrays as their last element (BLPOP's
   // value); nil is nullopt.
   std::optional<std::string> command(const std::vector<std::string>& args) {
-    std::vector<const char*> argv;
-    std::vector<std::size_t> lens;
-    for (const auto& a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
+    try {
+      return redis_.command(args);
+    } catch (const std::exception& e) {
+      fail(e.what());
     }
-    std::lock_guard lock(mu_);
-    auto* reply = static_cast<redisReply*>(
-        ::redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()));
-    if (reply == nullptr) fail("redis " + args.front() + ": " + ctx_->errstr);
-    std::optional<std::string> out;
-    const redisReply* r = reply;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) r = r->element[r->elements - 1];
-    switch (r->type) {
-      case REDIS_REPLY_STRING:
-      case REDIS_REPLY_STATUS:
-        out = std::string(r->str, r->len);
-        break;
-      case REDIS_REPLY_INTEGER:
-        out = std::to_string(r->integer);
-        break;
-      case REDIS_REPLY_ERROR: {
-        const std::string e(r->str, r->len);
-        ::freeReplyObject(reply);
-        fail("redis " + args.front() + ": " + e);
-      }
-      default:
-        break;
-    }
-    ::freeReplyObject(reply);
-    return out;
   }
   std::int64_t incr(const std::string& key) { return std::stoll(command({"INCR", key}).value()); }
 
  private:
-  static timeval to_timeval(ms t) {
-    timeval tv{};
-    tv.tv_sec = static_cast<decltype(tv.tv_sec)>(t.count() / 1000);
-    tv.tv_usec = static_cast<decltype(tv.tv_usec)>((t.count() % 1000) * 1000);
-    return tv;
+  // redis://host:port[/db] (the tests use neither credentials nor a database).
+  static layercache::test::sync_redis connect(const std::string& url, ms timeout) {
+    std::string rest = url.substr(url.find("//") == std::string::npos ? 0 : url.find("//") + 2);
+    rest = rest.substr(0, rest.find('/'));
+    const auto colon = rest.rfind(':');
+    if (colon == std::string::npos) fail("cannot parse --redis-url " + url);
+    try {
+      return layercache::test::sync_redis(rest.substr(0, colon), std::stoi(rest.substr(colon + 1)),
+                                          timeout);
+    } catch (const std::exception& e) {
+      fail("cannot connect to " + url + ": " + e.what());
+    }
   }
 
-  std::mutex mu_;
-  redisContext* ctx_ = nullptr;
+  layercache::test::sync_redis redis_;
 };
 
 // Waits until the integer at `key` is at least `at_least` (the test raises it).
