@@ -66,6 +66,7 @@
 #include "layercache/error.hpp"
 #include "layercache/memory_layer.hpp"
 #include "layercache/redis_layer.hpp"
+#include "support/child_io.hpp"
 #include "support/sync_redis.hpp"
 
 namespace {
@@ -78,20 +79,7 @@ using co::mono_ns;
 
 constexpr auto self_limit = 120s;  // no wait of any mode lasts longer
 
-// Unbuffered, so that a SIGKILL right after a line never loses it; one write() per line, so lines
-// of concurrent threads never interleave.
-void say(const std::string& line) {
-  std::string l = line + "\n";
-  const char* p = l.data();
-  std::size_t left = l.size();
-  while (left > 0) {
-    const ssize_t n = ::write(STDOUT_FILENO, p, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    p += n;
-    left -= static_cast<std::size_t>(n);
-  }
-}
+using layercache::test::say;
 
 [[noreturn]] void fail(const std::string& why) {
   std::cerr << "coherence_node: " << why << std::endl;

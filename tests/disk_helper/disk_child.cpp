@@ -43,6 +43,7 @@
 #include "layercache/disk_layer.hpp"
 #include "layercache/error.hpp"
 #include "layercache/memory_layer.hpp"
+#include "support/child_io.hpp"
 
 namespace {
 
@@ -52,19 +53,7 @@ namespace vv = layercache::test::disk;
 
 constexpr auto self_limit = 120s;  // no mode outlives this, even if the test forgets it
 
-// Unbuffered, so that a SIGKILL right after a line never loses it.
-void say(const std::string& line) {
-  std::string l = line + "\n";
-  const char* p = l.data();
-  std::size_t left = l.size();
-  while (left > 0) {
-    const ssize_t n = ::write(STDOUT_FILENO, p, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    p += n;
-    left -= static_cast<std::size_t>(n);
-  }
-}
+using layercache::test::say;
 
 [[noreturn]] void fail(const std::string& why) {
   std::cerr << "disk_child: " << why << std::endl;
