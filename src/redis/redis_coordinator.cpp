@@ -21,14 +21,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <condition_variable>
 #include <mutex>
 #include <random>
 #include <thread>
 #include <unordered_map>
 
+#include "layercache/detail/envelope.hpp"
 #include "redis/bus_message.hpp"
 #include "redis/subscriber.hpp"
+#include "redis/wire.hpp"
 
 namespace layercache::redis_detail {
 
@@ -219,13 +222,8 @@ std::string le64(std::uint64_t v) {
 }
 
 std::uint64_t envelope_version(std::string_view env) {
-  // Offset 35 (docs/format.md); a too-short envelope has version 0 and loses every comparison.
-  if (env.size() < 43) return 0;
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) {
-    v = (v << 8) | static_cast<unsigned char>(env[35 + static_cast<std::size_t>(i)]);
-  }
-  return v;
+  detail::envelope_header h;
+  return detail::peek_envelope_header(env, h).ok() ? h.version : 0;
 }
 
 class redis_coordinator final : public detail::coordinator {
@@ -386,6 +384,16 @@ class redis_coordinator final : public detail::coordinator {
     ctx_.client->execute_async(std::move(argv), o_.write_deadline, [](result) {});
   }
 
+  // Turns a value write that will not be stored into a tombstone of its version, giving back the
+  // lease it carried.
+  void to_tombstone(detail::coordinated_write& w) {
+    if (!w.lease.empty()) release(w.key, w.lease);
+    w.version = envelope_version(w.bytes);
+    w.type = detail::coordinated_write::kind::del;
+    w.lease = {};
+    w.tags = {};
+  }
+
   detail::coordinated_result write(std::span<const detail::coordinated_write> writes) override {
     detail::coordinated_result out;
     out.rejected.assign(writes.size(), false);
@@ -411,27 +419,16 @@ class redis_coordinator final : public detail::coordinator {
             "value of " + std::to_string(w.bytes.size()) + " bytes for key '" + std::string(w.key) +
                 "' exceeds max_value_bytes (" + std::to_string(o_.max_value_bytes) + ")"));
         // Not storing must not leave an older value behind: a tombstone of the same version.
-        if (!w.lease.empty()) release(w.key, w.lease);
-        w.version = envelope_version(w.bytes);
-        w.type = detail::coordinated_write::kind::del;
-        w.lease = {};
-        w.tags = {};
+        to_tombstone(w);
       }
       std::int64_t px = 0;
-      if (w.type != detail::coordinated_write::kind::del && w.expires_at_ms != 0) {
-        px = w.expires_at_ms - ctx_.clock->now_ms();
-        if (o_.ttl.count() > 0) px = std::min<std::int64_t>(px, o_.ttl.count());
-        if (px <= 0) {
+      if (w.type != detail::coordinated_write::kind::del) {
+        px = px_for(w.expires_at_ms, ctx_.clock->now_ms(), o_.ttl);
+        if (w.expires_at_ms != 0 && px <= 0) {
           // Already expired: nothing to keep, and nothing older may stay either.
-          if (!w.lease.empty()) release(w.key, w.lease);
-          w.version = envelope_version(w.bytes);
-          w.type = detail::coordinated_write::kind::del;
-          w.lease = {};
-          w.tags = {};
+          to_tombstone(w);
           px = 0;
         }
-      } else if (w.type != detail::coordinated_write::kind::del && o_.ttl.count() > 0) {
-        px = o_.ttl.count();
       }
       keys.push_back(o_.prefix + std::string(w.key));
       keys.push_back(lease_prefix_ + std::string(w.key));
@@ -601,22 +598,8 @@ class redis_coordinator final : public detail::coordinator {
   };
 
   static bool parse_u64(std::string_view s, std::uint64_t& out) {
-    if (s.empty() || s.size() > 20) return false;
-    out = 0;
-    for (char c : s) {
-      if (c < '0' || c > '9') return false;
-      out = out * 10 + static_cast<std::uint64_t>(c - '0');
-    }
-    return true;
-  }
-
-  static std::string glob_escape(std::string_view s) {
-    std::string out;
-    for (char c : s) {
-      if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out.push_back('\\');
-      out.push_back(c);
-    }
-    return out;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+    return !s.empty() && ec == std::errc() && end == s.data() + s.size();
   }
 
   std::string new_token() {

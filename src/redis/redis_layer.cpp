@@ -19,6 +19,7 @@
 #include "redis/hiredis_client.hpp"
 #include "redis/redis_client.hpp"
 #include "redis/redis_coordinator.hpp"
+#include "redis/wire.hpp"
 
 namespace layercache {
 
@@ -62,17 +63,6 @@ std::int64_t steady_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
-}
-
-// SCAN MATCH treats * ? [ ] \ as glob syntax; a prefix is literal.
-std::string glob_escape(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 1);
-  for (char c : s) {
-    if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  return out;
 }
 
 // The message of an unattributed client status without its "<code>: " prefix, so that the layer
@@ -166,11 +156,7 @@ struct redis_layer::impl {
   }
 
   std::int64_t px_for(unix_ms expires_at_ms) const {
-    std::int64_t remaining = expires_at_ms == 0 ? 0 : expires_at_ms - clock->now_ms();
-    if (options.ttl.count() > 0 && (expires_at_ms == 0 || remaining > options.ttl.count())) {
-      remaining = options.ttl.count();
-    }
-    return remaining;  // 0 with expires_at 0 and no cap: store without expiry
+    return redis_detail::px_for(expires_at_ms, clock->now_ms(), options.ttl);
   }
 };
 
@@ -343,7 +329,7 @@ status redis_layer::del_many(std::span<const std::string> keys) {
 status redis_layer::clear() {
   impl& m = *impl_;
   if (!m.write_breaker->allow(steady_ms())) return m.refused();
-  const std::string pattern = glob_escape(m.options.prefix) + "*";
+  const std::string pattern = redis_detail::glob_escape(m.options.prefix) + "*";
   std::string cursor = "0";
   // SCAN is bounded per call; the loop ends when the cursor wraps to 0 (Redis guarantees it).
   do {
@@ -384,7 +370,7 @@ status redis_layer::scan(
     const std::function<bool(std::string_view key, std::string_view bytes)>& visit) {
   impl& m = *impl_;
   if (!m.read_breaker->allow(steady_ms())) return m.refused();
-  const std::string pattern = glob_escape(m.options.prefix) + "*";
+  const std::string pattern = redis_detail::glob_escape(m.options.prefix) + "*";
   std::string cursor = "0";
   do {
     result r = m.client->execute({"SCAN", cursor, "MATCH", pattern, "COUNT", "500"},

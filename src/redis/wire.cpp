@@ -12,6 +12,23 @@
 
 namespace layercache::redis_detail {
 
+std::string glob_escape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 1);
+  for (char c : s) {
+    if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out;
+}
+
+std::int64_t px_for(std::int64_t expires_at_ms, std::int64_t now_ms,
+                    std::chrono::milliseconds cap) {
+  std::int64_t remaining = expires_at_ms == 0 ? 0 : expires_at_ms - now_ms;
+  if (cap.count() > 0 && (expires_at_ms == 0 || remaining > cap.count())) remaining = cap.count();
+  return remaining;
+}
+
 tcp_attempt open_tcp(const redis_endpoint& ep, std::string_view peer) {
   tcp_attempt out;
   addrinfo hints{};

@@ -11,6 +11,7 @@
 #include <array>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <iterator>
 #include <new>
 #include <string>
@@ -76,6 +77,14 @@ inline timespec to_timespec(std::chrono::nanoseconds d) {
   ts.tv_nsec = static_cast<long>(d.count() % 1'000'000'000);
   return ts;
 }
+
+// `s` as a literal SCAN MATCH pattern: * ? [ ] \ are glob syntax there.
+std::string glob_escape(std::string_view s);
+
+// The PX argument of a SET for an entry expiring at `expires_at_ms` (0 = never), capped by the
+// layer's `cap` (zero = none): 0 means "store without expiry"; a value <= 0 for an entry that has
+// an expiry means it has already expired.
+std::int64_t px_for(std::int64_t expires_at_ms, std::int64_t now_ms, std::chrono::milliseconds cap);
 
 // The start of one connection attempt.
 struct tcp_attempt {
