@@ -264,18 +264,30 @@ struct cache_stack::impl {
     writer->submit(std::move(op));
   }
 
+  // One delete's L1 erase and byte-layer op, made together under the key's order stripe (the twin
+  // of apply_set). `local_only` skips the coordinating layer (another instance's change, or one its
+  // script already made); with no layer left to write, only L1 changes. Returns the op's ticket
+  // when `strict`, else null. Marking an in-flight fetch stale is the caller's business.
+  std::shared_ptr<detail::write_ticket> apply_del(std::string_view key, std::uint64_t hash,
+                                                  std::uint64_t version, bool strict = false,
+                                                  bool local_only = false) {
+    if (bytes.empty() || (local_only && !local_byte_layers)) {
+      if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+      return nullptr;
+    }
+    auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
+    std::lock_guard stripe(order_of(hash));
+    if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+    submit_del(key, hash, bytes.size(), ticket, version, local_only);
+    return ticket;
+  }
+
   // Drops this instance's copies of `key` (L1, and the byte layers only this instance uses), for a
   // change another instance announced; the shared layer already has it.
   void drop_local(std::string_view key) {
     const std::uint64_t hash = detail::hash_key(key);
     flights.invalidate(key, hash);
-    if (!local_byte_layers) {
-      if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
-      return;
-    }
-    std::lock_guard stripe(order_of(hash));
-    if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
-    submit_del(key, hash, bytes.size(), nullptr, 0, /*local_only=*/true);
+    (void)apply_del(key, hash, 0, false, /*local_only=*/true);
   }
 
   // Another instance invalidated a group of keys (tag, prefix, clear) with `version`, and its
@@ -286,10 +298,7 @@ struct cache_stack::impl {
     if (!writer || version == 0) return;
     versions.observe(version);
     for (const auto& key : writer->pending_keys(match)) {
-      const std::uint64_t hash = detail::hash_key(key);
-      std::lock_guard stripe(order_of(hash));
-      if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
-      submit_del(key, hash, bytes.size(), nullptr, version);
+      (void)apply_del(key, detail::hash_key(key), version);
     }
   }
 
@@ -996,17 +1005,9 @@ status cache_stack::del_many(std::span<const std::string_view> keys) {
   for (const auto& key : keys) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
-    if (m.bytes.empty()) {
-      if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
-      continue;
+    if (auto ticket = m.apply_del(key, hash, m.versions.next(m.clock->now_ms()), strict)) {
+      tickets.push_back(std::move(ticket));
     }
-    auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
-    {
-      std::lock_guard order(m.order_of(hash));
-      if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
-      m.submit_del(key, hash, m.bytes.size(), ticket, m.versions.next(m.clock->now_ms()));
-    }
-    if (ticket) tickets.push_back(std::move(ticket));
   }
   status result;
   for (auto& t : tickets) update_per_layer(result, t->wait());
@@ -1332,14 +1333,8 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
   for (const auto& key : keys) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
-    if (m.bytes.empty()) {
-      if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
-      continue;
-    }
-    std::lock_guard stripe(m.order_of(hash));
-    if (m.l1 != nullptr) m.l1->erase(key, hash, removal_cause::invalidated);
-    m.submit_del(key, hash, m.bytes.size(), nullptr, m.versions.next(m.clock->now_ms()),
-                 /*local_only=*/m.coord != nullptr);
+    (void)m.apply_del(key, hash, m.versions.next(m.clock->now_ms()), false,
+                      /*local_only=*/m.coord != nullptr);
   }
   return result;
 }
