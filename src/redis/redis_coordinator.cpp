@@ -30,6 +30,7 @@
 
 #include "layercache/detail/envelope.hpp"
 #include "redis/bus_message.hpp"
+#include "redis/scan.hpp"
 #include "redis/subscriber.hpp"
 #include "redis/wire.hpp"
 
@@ -395,20 +396,29 @@ class redis_coordinator final : public detail::coordinator {
   }
 
   detail::coordinated_result write(std::span<const detail::coordinated_write> writes) override {
-    detail::coordinated_result out;
-    out.rejected.assign(writes.size(), false);
-    if (writes.empty()) return out;
-    if (!ctx_.write_allowed()) {
+    if (!writes.empty() && !ctx_.write_allowed()) {
+      detail::coordinated_result out;
+      out.rejected.assign(writes.size(), false);
       out.error = ctx_.write_outcome(status(errc::unavailable, "circuit breaker open"));
       return out;
     }
+    return write_batch(writes, /*quiet=*/false);
+  }
+
+  // One write script for a batch (the caller has asked the write breaker); `quiet` leaves the
+  // announcement to the caller (a prefix invalidation announces once for all its batches).
+  detail::coordinated_result write_batch(std::span<const detail::coordinated_write> writes,
+                                         bool quiet) {
+    detail::coordinated_result out;
+    out.rejected.assign(writes.size(), false);
+    if (writes.empty()) return out;
     std::vector<std::string> keys{seq_key_};
     std::vector<std::string> args{bus_channel_,
                                   fill_channel_,
                                   std::to_string(origin_),
                                   std::to_string(o_.tombstone_ttl.count()),
                                   std::to_string(writes.size()),
-                                  "0"};
+                                  quiet ? "1" : "0"};
     std::vector<std::size_t> sent;  // index in `writes` of each entry sent
     status oversize;
     for (std::size_t i = 0; i < writes.size(); ++i) {
@@ -499,45 +509,26 @@ class redis_coordinator final : public detail::coordinator {
     if (!ctx_.write_allowed()) return ctx_.write_outcome(status(errc::unavailable, "breaker open"));
     // SCAN in bounded steps (a script scanning everything would block Redis), tombstoning each
     // batch with the write script (quiet), then one announcement for the whole prefix.
-    const std::string pattern = glob_escape(o_.prefix + std::string(prefix)) + "*";
     const std::string internal = o_.prefix + std::string(internal_marker);
-    std::string cursor = "0";
-    do {
-      result r = ctx_.client->execute({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"},
-                                      o_.write_deadline);
-      status s = ctx_.write_outcome(r.error);
-      if (!s.ok()) return s;
-      if (r.value.type != reply::kind::array || r.value.elements.size() != 2) {
-        return status::layer_error(o_.name, errc::internal, "unexpected reply to SCAN");
-      }
-      cursor = r.value.elements[0].str;
-      std::vector<std::string> keys{seq_key_};
-      std::vector<std::string> args{bus_channel_,
-                                    fill_channel_,
-                                    std::to_string(origin_),
-                                    std::to_string(o_.tombstone_ttl.count()),
-                                    "0",
-                                    "1"};
-      std::size_t n = 0;
-      for (const auto& k : r.value.elements[1].elements) {
-        if (k.str.compare(0, internal.size(), internal) == 0) continue;
-        const std::string user = k.str.substr(o_.prefix.size());
-        keys.push_back(k.str);
-        keys.push_back(lease_prefix_ + user);
-        for (std::string f : {std::string("d"), std::to_string(version >> 32),
-                              std::to_string(version & 0xFFFFFFFFu), le64(version),
-                              std::string("0"), std::string(), std::string("0"), user}) {
-          args.push_back(std::move(f));
-        }
-        ++n;
-      }
-      if (n == 0) continue;
-      args[4] = std::to_string(n);
-      std::vector<std::string_view> kv(keys.begin(), keys.end());
-      std::vector<std::string_view> av(args.begin(), args.end());
-      status w = ctx_.write_outcome(run(s_write, kv, av, o_.write_deadline).error);
-      if (!w.ok()) return w;
-    } while (cursor != "0");
+    status walked = scan_batches(*ctx_.client, glob_escape(o_.prefix + std::string(prefix)) + "*",
+                                 "1000", o_.write_deadline, o_.name, ctx_.write_outcome,
+                                 [&](const std::vector<reply>& found, bool&) -> status {
+                                   std::vector<std::string> users;
+                                   users.reserve(found.size());
+                                   for (const auto& k : found) {
+                                     if (k.str.compare(0, internal.size(), internal) != 0) {
+                                       users.push_back(k.str.substr(o_.prefix.size()));
+                                     }
+                                   }
+                                   std::vector<detail::coordinated_write> dels(users.size());
+                                   for (std::size_t i = 0; i < users.size(); ++i) {
+                                     dels[i].type = detail::coordinated_write::kind::del;
+                                     dels[i].key = users[i];
+                                     dels[i].version = version;
+                                   }
+                                   return write_batch(dels, /*quiet=*/true).error;
+                                 });
+    if (!walked.ok()) return walked;
     return announce('p', version, {std::string(prefix)}, {});
   }
 

@@ -19,6 +19,7 @@
 #include "redis/hiredis_client.hpp"
 #include "redis/redis_client.hpp"
 #include "redis/redis_coordinator.hpp"
+#include "redis/scan.hpp"
 #include "redis/wire.hpp"
 
 namespace layercache {
@@ -329,83 +330,67 @@ status redis_layer::del_many(std::span<const std::string> keys) {
 status redis_layer::clear() {
   impl& m = *impl_;
   if (!m.write_breaker->allow(steady_ms())) return m.refused();
-  const std::string pattern = redis_detail::glob_escape(m.options.prefix) + "*";
-  std::string cursor = "0";
-  // SCAN is bounded per call; the loop ends when the cursor wraps to 0 (Redis guarantees it).
-  do {
-    result r = m.client->execute({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"},
-                                 m.options.write_deadline);
-    status s = m.write_outcome(r.error);
-    if (!s.ok()) return s;
-    if (r.value.type != reply::kind::array || r.value.elements.size() != 2) {
-      return status::layer_error(m.info.name, errc::internal, "unexpected reply to SCAN");
-    }
-    cursor = r.value.elements[0].str;
-    const auto& keys = r.value.elements[1].elements;
-    // Namespace generations and bus sequence counters survive a clear: resetting a generation
-    // would let instances that remember the old one disagree with those that read it afresh.
-    const std::string keep_ns =
-        m.options.prefix + std::string(redis_detail::internal_marker) + "ns:";
-    const std::string keep_seq =
-        m.options.prefix + std::string(redis_detail::internal_marker) + "seq:";
-    std::vector<std::string_view> argv;
-    argv.reserve(keys.size() + 1);
-    argv.emplace_back("UNLINK");
-    for (const auto& k : keys) {
-      if (k.str.compare(0, keep_ns.size(), keep_ns) == 0 ||
-          k.str.compare(0, keep_seq.size(), keep_seq) == 0) {
-        continue;
-      }
-      argv.emplace_back(k.str);
-    }
-    if (argv.size() > 1) {
-      status u = m.write_outcome(m.client->execute(argv, m.options.write_deadline).error);
-      if (!u.ok()) return u;
-    }
-  } while (cursor != "0");
-  return {};
+  // Namespace generations and bus sequence counters survive a clear: resetting a generation would
+  // let instances that remember the old one disagree with those that read it afresh.
+  const std::string keep_ns = m.options.prefix + std::string(redis_detail::internal_marker) + "ns:";
+  const std::string keep_seq =
+      m.options.prefix + std::string(redis_detail::internal_marker) + "seq:";
+  return redis_detail::scan_batches(
+      *m.client, redis_detail::glob_escape(m.options.prefix) + "*", "1000",
+      m.options.write_deadline, m.info.name, [&](const status& st) { return m.write_outcome(st); },
+      [&](const std::vector<reply>& keys, bool&) -> status {
+        std::vector<std::string_view> argv;
+        argv.reserve(keys.size() + 1);
+        argv.emplace_back("UNLINK");
+        for (const auto& k : keys) {
+          if (k.str.compare(0, keep_ns.size(), keep_ns) == 0 ||
+              k.str.compare(0, keep_seq.size(), keep_seq) == 0) {
+            continue;
+          }
+          argv.emplace_back(k.str);
+        }
+        if (argv.size() == 1) return {};
+        return m.write_outcome(m.client->execute(argv, m.options.write_deadline).error);
+      });
 }
 
 status redis_layer::scan(
     const std::function<bool(std::string_view key, std::string_view bytes)>& visit) {
   impl& m = *impl_;
   if (!m.read_breaker->allow(steady_ms())) return m.refused();
-  const std::string pattern = redis_detail::glob_escape(m.options.prefix) + "*";
-  std::string cursor = "0";
-  do {
-    result r = m.client->execute({"SCAN", cursor, "MATCH", pattern, "COUNT", "500"},
-                                 m.options.write_deadline);
-    status s = m.read_outcome(r.error);
-    if (!s.ok()) return s;
-    if (r.value.type != reply::kind::array || r.value.elements.size() != 2) {
-      return status::layer_error(m.info.name, errc::internal, "unexpected reply to SCAN");
-    }
-    cursor = r.value.elements[0].str;
-    const auto& keys = r.value.elements[1].elements;
-    if (keys.empty()) continue;
-    std::vector<std::string_view> argv;
-    argv.reserve(keys.size() + 1);
-    argv.emplace_back("MGET");
-    for (const auto& k : keys) argv.emplace_back(k.str);
-    result values = m.client->execute(argv, m.options.write_deadline);
-    status v = m.read_outcome(values.error);
-    if (!v.ok()) return v;
-    if (values.value.type != reply::kind::array || values.value.elements.size() != keys.size()) {
-      return status::layer_error(m.info.name, errc::internal, "unexpected reply to MGET");
-    }
-    for (std::size_t i = 0; i < keys.size(); ++i) {
-      const reply& e = values.value.elements[i];
-      if (e.type != reply::kind::string) continue;  // deleted between SCAN and MGET
-      if (redis_detail::is_tombstone(e.str)) continue;
-      if (keys[i].str.compare(m.options.prefix.size(), redis_detail::internal_marker.size(),
-                              redis_detail::internal_marker) == 0) {
-        continue;  // coordination state (leases, tag sets, ...), not an entry
-      }
-      const std::string_view key = std::string_view(keys[i].str).substr(m.options.prefix.size());
-      if (!visit(key, e.str)) return {};
-    }
-  } while (cursor != "0");
-  return {};
+  return redis_detail::scan_batches(
+      *m.client, redis_detail::glob_escape(m.options.prefix) + "*", "500", m.options.write_deadline,
+      m.info.name, [&](const status& st) { return m.read_outcome(st); },
+      [&](const std::vector<reply>& keys, bool& stop) -> status {
+        if (keys.empty()) return {};
+        std::vector<std::string_view> argv;
+        argv.reserve(keys.size() + 1);
+        argv.emplace_back("MGET");
+        for (const auto& k : keys) argv.emplace_back(k.str);
+        result values = m.client->execute(argv, m.options.write_deadline);
+        status v = m.read_outcome(values.error);
+        if (!v.ok()) return v;
+        if (values.value.type != reply::kind::array ||
+            values.value.elements.size() != keys.size()) {
+          return status::layer_error(m.info.name, errc::internal, "unexpected reply to MGET");
+        }
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+          const reply& e = values.value.elements[i];
+          if (e.type != reply::kind::string) continue;  // deleted between SCAN and MGET
+          if (redis_detail::is_tombstone(e.str)) continue;
+          if (keys[i].str.compare(m.options.prefix.size(), redis_detail::internal_marker.size(),
+                                  redis_detail::internal_marker) == 0) {
+            continue;  // coordination state (leases, tag sets, ...), not an entry
+          }
+          const std::string_view key =
+              std::string_view(keys[i].str).substr(m.options.prefix.size());
+          if (!visit(key, e.str)) {
+            stop = true;
+            return {};
+          }
+        }
+        return {};
+      });
 }
 
 }  // namespace layercache
