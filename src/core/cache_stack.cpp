@@ -153,10 +153,17 @@ struct cache_stack::impl {
   // Recursive: a memory-layer removal callback (on_remove) may mutate the cache from inside.
   // Held across writer->submit(), which may block on backpressure; nothing else takes it.
   std::array<std::recursive_mutex, 64> order;
+  // The newest version a mutation under each stripe queued (guarded by that stripe): queue order
+  // and version order of a key's mutations must agree, or Redis (which keeps the newest version)
+  // would end with another value than L1 (which keeps the last one applied).
+  std::array<std::uint64_t, 64> order_version{};
   // Last member: destroyed first, flushing queued writes while the layers still exist.
   std::unique_ptr<detail::write_behind> writer;
 
   std::recursive_mutex& order_of(std::uint64_t hash) { return order[(hash >> 40) % order.size()]; }
+  std::uint64_t& order_version_of(std::uint64_t hash) {
+    return order_version[(hash >> 40) % order.size()];
+  }
 
   write_policy policy_of(const set_options& o) const { return o.policy.value_or(options.writes); }
 
@@ -226,9 +233,19 @@ struct cache_stack::impl {
       return nullptr;
     }
     auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
+    std::uint64_t version = versions.next(now);
     detail::write_op op = make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(),
-                                      nullptr, now, ticket, versions.next(now), tag_list);
+                                      nullptr, now, ticket, version, tag_list);
     std::lock_guard stripe(order_of(hash));
+    std::uint64_t& newest = order_version_of(hash);
+    if (version <= newest) {
+      // A mutation that took a later version reached the stripe first: ours is applied after it,
+      // so it needs a later version too. Rare (a race on the stripe); the encoding is redone here.
+      version = versions.next(now);
+      op = make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(), nullptr, now,
+                       ticket, version, tag_list);
+    }
+    newest = version;
     if (l1 != nullptr) {
       l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now),
                  ops.weigh(value.get()));
@@ -267,7 +284,8 @@ struct cache_stack::impl {
   // One delete's L1 erase and byte-layer op, made together under the key's order stripe (the twin
   // of apply_set). `local_only` skips the coordinating layer (another instance's change, or one its
   // script already made); with no layer left to write, only L1 changes. Returns the op's ticket
-  // when `strict`, else null. Marking an in-flight fetch stale is the caller's business.
+  // when `strict`, else null. Marking an in-flight fetch stale is the caller's business. `version`
+  // 0 means this instance's own delete: its version is taken under the stripe (see order_version).
   std::shared_ptr<detail::write_ticket> apply_del(std::string_view key, std::uint64_t hash,
                                                   std::uint64_t version, bool strict = false,
                                                   bool local_only = false) {
@@ -277,6 +295,9 @@ struct cache_stack::impl {
     }
     auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
     std::lock_guard stripe(order_of(hash));
+    std::uint64_t& newest = order_version_of(hash);
+    if (version == 0) version = versions.next(clock->now_ms());
+    newest = std::max(newest, version);
     if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
     submit_del(key, hash, bytes.size(), ticket, version, local_only);
     return ticket;
@@ -1005,7 +1026,7 @@ status cache_stack::del_many(std::span<const std::string_view> keys) {
   for (const auto& key : keys) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
-    if (auto ticket = m.apply_del(key, hash, m.versions.next(m.clock->now_ms()), strict)) {
+    if (auto ticket = m.apply_del(key, hash, 0, strict)) {
       tickets.push_back(std::move(ticket));
     }
   }
@@ -1333,8 +1354,7 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
   for (const auto& key : keys) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
-    (void)m.apply_del(key, hash, m.versions.next(m.clock->now_ms()), false,
-                      /*local_only=*/m.coord != nullptr);
+    (void)m.apply_del(key, hash, 0, false, /*local_only=*/m.coord != nullptr);
   }
   return result;
 }
