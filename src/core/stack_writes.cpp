@@ -1,0 +1,333 @@
+// stack_writes.cpp — the mutations of cache_stack (set, del, clear, tag and prefix invalidation)
+// and the fills of the read paths: an L1 change plus a byte-layer op queued on the write-behind
+// queue, ordered per key. See stack_impl.hpp for the concurrency rules.
+#include "core/stack_impl.hpp"
+
+namespace layercache {
+
+detail::write_op cache_stack::impl::make_set_op(
+    std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
+    const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until, std::size_t upto,
+    const std::string* stored_bytes, unix_ms now, std::shared_ptr<detail::write_ticket> ticket,
+    std::uint64_t version, std::span<const std::string> tag_list) {
+  detail::write_op op;
+  op.type = detail::write_op::kind::set;
+  op.key.assign(key);
+  op.hash = hash;
+  op.upto = upto;
+  op.bytes.resize(upto);
+  op.expires.resize(upto);
+  std::shared_ptr<const std::string> shared_stored =
+      stored_bytes != nullptr ? std::make_shared<const std::string>(*stored_bytes) : nullptr;
+  for (std::size_t j = 0; j < upto; ++j) {
+    op.expires[j] = expiry_in(bytes[j]->info(), fresh_until, now);
+    if (shared_stored) {
+      op.bytes[j] = shared_stored;
+      continue;
+    }
+    for (std::size_t k = 0; k < j; ++k) {
+      if (compress[k].algorithm == compress[j].algorithm &&
+          compress[k].min_bytes == compress[j].min_bytes) {
+        op.bytes[j] = op.bytes[k];
+        break;
+      }
+    }
+    if (!op.bytes[j]) {
+      op.bytes[j] = std::make_shared<const std::string>(
+          encode(ops, value, negative, fresh_until, now, compress[j], version, tag_list));
+    }
+  }
+  op.ticket = std::move(ticket);
+  op.tags.assign(tag_list.begin(), tag_list.end());
+  return op;
+}
+
+std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_set(
+    std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
+    const std::shared_ptr<const void>& value, unix_ms fresh_until, unix_ms now, bool strict,
+    std::span<const std::string> tag_list) {
+  if (l1 != nullptr) index_tags(key, tag_list);
+  if (bytes.empty()) {
+    if (l1 != nullptr) {
+      l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now),
+                 ops.weigh(value.get()));
+    }
+    return nullptr;
+  }
+  auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
+  std::uint64_t version = versions.next(now);
+  detail::write_op op = make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(),
+                                    nullptr, now, ticket, version, tag_list);
+  std::lock_guard stripe(order_of(hash));
+  std::uint64_t& newest = order_version_of(hash);
+  if (version <= newest) {
+    // A mutation that took a later version reached the stripe first: ours is applied after it,
+    // so it needs a later version too. Rare (a race on the stripe); the encoding is redone here.
+    version = versions.next(now);
+    op = make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(), nullptr, now, ticket,
+                     version, tag_list);
+  }
+  newest = version;
+  if (l1 != nullptr) {
+    l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now), ops.weigh(value.get()));
+  }
+  writer->submit(std::move(op));
+  return ticket;
+}
+
+void cache_stack::impl::submit_del(std::string_view key, std::uint64_t hash, std::size_t upto,
+                                   std::shared_ptr<detail::write_ticket> ticket,
+                                   std::uint64_t version, bool local_only) {
+  detail::write_op op;
+  op.type = detail::write_op::kind::del;
+  op.key.assign(key);
+  op.hash = hash;
+  op.upto = upto;
+  op.ticket = std::move(ticket);
+  op.version = version;
+  op.local_only = local_only;
+  writer->submit(std::move(op));
+}
+
+std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_del(std::string_view key,
+                                                                   std::uint64_t hash,
+                                                                   std::uint64_t version,
+                                                                   bool strict, bool local_only) {
+  if (bytes.empty() || (local_only && !local_byte_layers)) {
+    if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+    return nullptr;
+  }
+  auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
+  std::lock_guard stripe(order_of(hash));
+  std::uint64_t& newest = order_version_of(hash);
+  if (version == 0) version = versions.next(clock->now_ms());
+  newest = std::max(newest, version);
+  if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+  submit_del(key, hash, bytes.size(), ticket, version, local_only);
+  return ticket;
+}
+
+void cache_stack::impl::fence_pending(std::uint64_t version,
+                                      const std::function<bool(std::string_view)>& match) {
+  if (!writer || version == 0) return;
+  versions.observe(version);
+  for (const auto& key : writer->pending_keys(match)) {
+    (void)apply_del(key, detail::hash_key(key), version);
+  }
+}
+
+status cache_stack::impl::erase_prefix_in(byte_layer& b, std::string_view prefix) {
+  std::vector<std::string> doomed;
+  status s = b.scan([&](std::string_view key, std::string_view) {
+    if (key.substr(0, prefix.size()) == prefix) doomed.emplace_back(key);
+    return true;
+  });
+  if (!s.ok()) return detail::attribute_to(b, s);
+  for (std::size_t i = 0; i < doomed.size(); i += 512) {
+    const std::size_t n = std::min<std::size_t>(512, doomed.size() - i);
+    status d = b.del_many(std::span<const std::string>(doomed.data() + i, n));
+    if (!d.ok()) return detail::attribute_to(b, d);
+  }
+  return {};
+}
+
+void cache_stack::impl::store(flight* f, std::string_view key, std::uint64_t hash,
+                              const detail::type_ops& ops, const std::shared_ptr<const void>& value,
+                              bool negative, unix_ms fresh_until, std::size_t upto,
+                              const std::string* stored_bytes, unix_ms now, const fill_info& fill) {
+  // A flight invalidated before we queue anything queues nothing: its compensating delete below
+  // would also remove what an invalidating set() queued for the byte layers.
+  const bool stale_already = f != nullptr && flights.invalidated(*f);
+  const std::uint64_t version = stored_bytes != nullptr ? version_of(*stored_bytes) : fill.version;
+  const bool queue = upto > 0 && !stale_already;
+  if (queue) {
+    detail::write_op op = make_set_op(key, hash, ops, value, negative, fresh_until, upto,
+                                      stored_bytes, now, nullptr, version, fill.tags);
+    op.fill = true;
+    op.lease.assign(fill.lease);
+    writer->submit(std::move(op));
+  } else if (!fill.lease.empty() && coord != nullptr) {
+    coord->release(key, fill.lease);
+  }
+  const unix_ms l1_until = l1_expiry(fresh_until, now);
+  auto insert_l1 = [&] {
+    if (l1 != nullptr) {
+      l1->insert(key, hash, value, &ops, negative, l1_until, value ? ops.weigh(value.get()) : 0);
+    }
+  };
+  if (f == nullptr) {
+    insert_l1();
+    if (l1 != nullptr) index_tags(key, fill.tags);
+    return;
+  }
+  if (!flights.publish(*f, insert_l1)) {
+    stale_fills.fetch_add(1, std::memory_order_relaxed);
+    emit(event_type::stale_fill, "", key,
+         status(errc::ok, "fetched value not stored: invalidated during the fetch"));
+    // Queued after our write, so it undoes it in the byte layers. It carries the fill's own
+    // version: in Redis it removes our fill, never the newer value that invalidated it.
+    if (queue) submit_del(key, hash, upto, nullptr, version);
+  } else if (l1 != nullptr) {
+    index_tags(key, fill.tags);
+  }
+}
+
+std::string cache_stack::impl::encode(const detail::type_ops& ops,
+                                      const std::shared_ptr<const void>& value, bool negative,
+                                      unix_ms fresh_until, unix_ms now,
+                                      const detail::compression_policy& policy,
+                                      std::uint64_t version,
+                                      std::span<const std::string> tag_list) const {
+  detail::envelope_header h;
+  h.fresh_until_ms = fresh_until;
+  h.stale_until_ms = fresh_until;
+  h.error_until_ms = fresh_until;
+  h.created_ms = now;
+  h.type_fingerprint = ops.fingerprint;
+  h.codec = ops.codec;
+  h.negative = negative;
+  h.version = version;
+  std::string payload;
+  if (!negative) ops.encode(value.get(), payload);
+  return detail::encode_envelope(h, tag_list, payload, policy);
+}
+
+status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops,
+                               std::shared_ptr<const void> value, const set_options& options) {
+  impl& m = *impl_;
+  m.validate_key(key);
+  options.validate();
+  m.check_reserved(key);
+  const std::uint64_t hash = detail::hash_key(key);
+  m.flights.invalidate(key, hash);
+  const unix_ms now = m.clock->now_ms();
+  const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
+  auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now,
+                            m.policy_of(options) == write_policy::strict, options.tags);
+  return ticket ? ticket->wait() : status();
+}
+
+status cache_stack::set_many_erased(
+    std::span<const std::pair<std::string_view, std::shared_ptr<const void>>> entries,
+    const detail::type_ops& ops, const set_options& options) {
+  impl& m = *impl_;
+  options.validate();
+  for (const auto& [key, value] : entries) {
+    m.validate_key(key);
+    m.check_reserved(key);
+  }
+  const unix_ms now = m.clock->now_ms();
+  const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
+  const bool strict = m.policy_of(options) == write_policy::strict;
+  std::vector<std::shared_ptr<detail::write_ticket>> tickets;
+  for (const auto& [key, value] : entries) {
+    const std::uint64_t hash = detail::hash_key(key);
+    m.flights.invalidate(key, hash);
+    // The background writer batches queued sets into one set_many per layer.
+    if (auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now, strict, options.tags)) {
+      tickets.push_back(std::move(ticket));
+    }
+  }
+  status result;
+  for (auto& t : tickets) update_per_layer(result, t->wait());
+  return result;
+}
+
+status cache_stack::del(std::string_view key) {
+  return del_many(std::span<const std::string_view>(&key, 1));
+}
+
+status cache_stack::del_many(std::span<const std::string> keys) {
+  std::vector<std::string_view> views(keys.begin(), keys.end());
+  return del_many(std::span<const std::string_view>(views));
+}
+
+status cache_stack::del_many(std::span<const std::string_view> keys) {
+  impl& m = *impl_;
+  for (const auto& key : keys) {
+    m.validate_key(key);
+    m.check_reserved(key);
+  }
+  const bool strict = m.options.writes == write_policy::strict;
+  std::vector<std::shared_ptr<detail::write_ticket>> tickets;
+  for (const auto& key : keys) {
+    const std::uint64_t hash = detail::hash_key(key);
+    m.flights.invalidate(key, hash);
+    if (auto ticket = m.apply_del(key, hash, 0, strict)) {
+      tickets.push_back(std::move(ticket));
+    }
+  }
+  status result;
+  for (auto& t : tickets) update_per_layer(result, t->wait());
+  return result;
+}
+
+status cache_stack::clear() {
+  impl& m = *impl_;
+  m.flights.invalidate_all();
+  status result;
+  // Writes queued before the clear must land before it, or they would resurrect cleared entries
+  // (and read-your-writes would keep serving them meanwhile).
+  if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
+  m.tags.clear();
+  for (auto& l : m.layers) result.update(detail::attribute_to(*l, l->clear()));
+  if (m.coord != nullptr) {
+    result.update(detail::attribute_to(
+        *m.bytes[m.coord_at], m.coord->announce_clear(m.versions.next(m.clock->now_ms()))));
+  }
+  return result;
+}
+
+bool cache_stack::flush(std::chrono::milliseconds timeout) {
+  return !impl_->writer || impl_->writer->flush(timeout);
+}
+
+status cache_stack::invalidate_tag(std::string_view tag) {
+  const std::string one(tag);
+  return invalidate_tags(std::span<const std::string>(&one, 1), tag_match::any);
+}
+
+status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_match match) {
+  impl& m = *impl_;
+  if (tag_list.empty()) return {};
+  const bool all = match == tag_match::all;
+  // Our own queued writes first: a tagged set still in the queue would otherwise land after the
+  // invalidation and bring the key back.
+  if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
+  std::vector<std::string> keys = m.tags.take(tag_list, all);
+  status result;
+  if (m.coord != nullptr) {
+    std::vector<std::string> removed;
+    status s = m.coord->invalidate_tags(tag_list, all, m.versions.next(m.clock->now_ms()), removed);
+    result.update(detail::attribute_to(*m.bytes[m.coord_at], s));
+    keys.insert(keys.end(), std::make_move_iterator(removed.begin()),
+                std::make_move_iterator(removed.end()));
+  }
+  // This instance's copies; the coordinating layer was handled by its script (tombstones).
+  for (const auto& key : keys) {
+    const std::uint64_t hash = detail::hash_key(key);
+    m.flights.invalidate(key, hash);
+    (void)m.apply_del(key, hash, 0, false, /*local_only=*/m.coord != nullptr);
+  }
+  return result;
+}
+
+status cache_stack::invalidate_prefix(std::string_view prefix) {
+  impl& m = *impl_;
+  if (prefix.empty()) return clear();
+  if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
+  m.flights.invalidate_all();
+  if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
+  status result;
+  for (std::size_t i = 0; i < m.bytes.size(); ++i) {
+    if (i == m.coord_at) {
+      result.update(detail::attribute_to(
+          *m.bytes[i], m.coord->invalidate_prefix(prefix, m.versions.next(m.clock->now_ms()))));
+    } else {
+      result.update(m.erase_prefix_in(*m.bytes[i], prefix));
+    }
+  }
+  return result;
+}
+
+}  // namespace layercache
