@@ -1,5 +1,7 @@
 #include "core/single_flight.hpp"
 
+#include <algorithm>
+
 namespace layercache::detail {
 
 flight_table::flight_table(std::size_t shards)
@@ -32,6 +34,31 @@ void flight_table::invalidate_all() {
   for (std::size_t i = 0; i < count_; ++i) {
     std::lock_guard lock(shards_[i].mu);
     for (auto& [key, f] : shards_[i].map) f->invalidated = true;
+  }
+}
+
+void flight_table::tag(flight& f, std::span<const std::string> tags) {
+  if (tags.empty()) return;
+  shard& s = shard_for(f.hash);
+  std::lock_guard lock(s.mu);
+  f.tags.assign(tags.begin(), tags.end());
+}
+
+void flight_table::invalidate_tagged(std::span<const std::string> tags, bool all) {
+  if (tags.empty()) return;
+  auto carries = [](const flight& f, const std::string& t) {
+    return std::find(f.tags.begin(), f.tags.end(), t) != f.tags.end();
+  };
+  for (std::size_t i = 0; i < count_; ++i) {
+    std::lock_guard lock(shards_[i].mu);
+    for (auto& [key, f] : shards_[i].map) {
+      if (f->tags.empty()) continue;
+      const bool hit =
+          all ? std::all_of(tags.begin(), tags.end(), [&](const auto& t) { return carries(*f, t); })
+              : std::any_of(tags.begin(), tags.end(),
+                            [&](const auto& t) { return carries(*f, t); });
+      if (hit) f->invalidated = true;
+    }
   }
 }
 

@@ -17,10 +17,12 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "layercache/detail/type_ops.hpp"
 
@@ -32,6 +34,9 @@ struct flight {
   const type_ops* ops = nullptr;
   std::thread::id leader;
   bool invalidated = false;  // guarded by the table shard's mutex
+  // The tags the fetched value will carry (get_options::tags), so a tag invalidation reaches a
+  // fetch whose key no tag index knows yet. Guarded by the table shard's mutex.
+  std::vector<std::string> tags;
 
   std::mutex mu;
   std::condition_variable cv;
@@ -59,6 +64,10 @@ class flight_table {
   // Marks an in-flight fetch of `key` stale. Returns whether there was one.
   bool invalidate(std::string_view key, std::uint64_t hash);
   void invalidate_all();
+  // Records the tags `f`'s value will carry (its leader, before it takes the fill's version).
+  void tag(flight& f, std::span<const std::string> tags);
+  // Marks stale every in-flight fetch whose tags include any of `tags` (or all of them).
+  void invalidate_tagged(std::span<const std::string> tags, bool all);
 
   // Unregisters `f`; if it was not invalidated, runs store() first, under the shard lock.
   // Returns whether store() ran.

@@ -78,7 +78,6 @@ cache_namespace cache_stack::make_namespace(std::shared_ptr<const detail::ns_nod
   return cache_namespace(this, it->second);
 }
 
-
 status cache_stack::rotate_namespace(const detail::ns_node& node) {
   impl& m = *impl_;
   std::shared_ptr<detail::ns_node> registered;

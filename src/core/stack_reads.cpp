@@ -237,6 +237,9 @@ std::shared_ptr<const void> cache_stack::get_slow(std::string_view key, std::uin
         return hit.value;
       }
       m.check_reserved(key);
+      // Tagged before the version is taken: a tag invalidation either marks this flight stale or
+      // has an older version than its value (cache_stack::invalidate_tags).
+      m.flights.tag(fl, options.tags);
       // A fetched value is as old as the moment the miss began: a delete issued after it has a
       // newer version and wins in Redis, whenever the fill lands.
       const std::uint64_t version = m.versions.next(m.clock->now_ms());
@@ -409,6 +412,7 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
   if (!led.empty()) {
     // get_many coordinates its fetch within the process only (no leases: a batch would need one per
     // key); its fills are still versioned, so they never replace a newer value in Redis.
+    for (auto& p : led) m.flights.tag(*p.f, options.tags);  // before the version: see get_slow
     const std::uint64_t version = m.versions.next(m.clock->now_ms());
     try {
       std::size_t remaining = led.size();

@@ -2,6 +2,7 @@
 // and the fills of the read paths: an L1 change plus a byte-layer op queued on the write-behind
 // queue, ordered per key. See stack_impl.hpp for the concurrency rules.
 #include "core/stack_impl.hpp"
+#include "memory/removal_deferral.hpp"
 
 namespace layercache {
 
@@ -135,6 +136,9 @@ void cache_stack::impl::store(flight* f, std::string_view key, std::uint64_t has
                               const detail::type_ops& ops, const std::shared_ptr<const void>& value,
                               bool negative, unix_ms fresh_until, std::size_t upto,
                               const std::string* stored_bytes, unix_ms now, const fill_info& fill) {
+  // The L1 insert below runs under the flight-table shard lock (publish): removals it causes are
+  // reported to on_remove after the lock is released.
+  detail::removal_deferral defer;
   // A flight invalidated before we queue anything queues nothing: its compensating delete below
   // would also remove what an invalidating set() queued for the byte layers.
   const bool stale_already = f != nullptr && flights.invalidated(*f);
@@ -195,6 +199,7 @@ std::string cache_stack::impl::encode(const detail::type_ops& ops,
 status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops,
                                std::shared_ptr<const void> value, const set_options& options) {
   impl& m = *impl_;
+  detail::removal_deferral defer;  // on_remove runs after the stripes are released
   m.validate_key(key);
   options.validate();
   m.check_reserved(key);
@@ -204,6 +209,11 @@ status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops
   const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
   auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now,
                             m.policy_of(options) == write_policy::strict, options.tags);
+  // Marked stale again after the L1 change: a get that joined its flight between the first mark
+  // and the change may have read the old bytes (nothing was queued yet); it must not publish them
+  // over the new value, or this thread and every other would read the old value after set()
+  // returned. A get joining later finds the new value in L1 or among the queued writes.
+  m.flights.invalidate(key, hash);
   return ticket ? ticket->wait() : status();
 }
 
@@ -211,6 +221,7 @@ status cache_stack::set_many_erased(
     std::span<const std::pair<std::string_view, std::shared_ptr<const void>>> entries,
     const detail::type_ops& ops, const set_options& options) {
   impl& m = *impl_;
+  detail::removal_deferral defer;  // on_remove runs after the stripes are released
   options.validate();
   for (const auto& [key, value] : entries) {
     m.validate_key(key);
@@ -227,6 +238,7 @@ status cache_stack::set_many_erased(
     if (auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now, strict, options.tags)) {
       tickets.push_back(std::move(ticket));
     }
+    m.flights.invalidate(key, hash);  // again after the change: see set_erased
   }
   status result;
   for (auto& t : tickets) update_per_layer(result, t->wait());
@@ -244,6 +256,7 @@ status cache_stack::del_many(std::span<const std::string> keys) {
 
 status cache_stack::del_many(std::span<const std::string_view> keys) {
   impl& m = *impl_;
+  detail::removal_deferral defer;  // on_remove runs after the stripes are released
   for (const auto& key : keys) {
     m.validate_key(key);
     m.check_reserved(key);
@@ -256,6 +269,7 @@ status cache_stack::del_many(std::span<const std::string_view> keys) {
     if (auto ticket = m.apply_del(key, hash, 0, strict)) {
       tickets.push_back(std::move(ticket));
     }
+    m.flights.invalidate(key, hash);  // again after the change: see set_erased
   }
   status result;
   for (auto& t : tickets) update_per_layer(result, t->wait());
@@ -289,8 +303,14 @@ status cache_stack::invalidate_tag(std::string_view tag) {
 
 status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_match match) {
   impl& m = *impl_;
+  detail::removal_deferral defer;  // on_remove runs after the stripes are released
   if (tag_list.empty()) return {};
   const bool all = match == tag_match::all;
+  // Fetches of tagged keys already running are stale: their keys are in no tag index or tag set
+  // yet. A fetch that tags its flight after this takes a newer version than the invalidation's
+  // (single_flight.hpp: tag, then version) and began after it: its value may stand.
+  const std::uint64_t version = m.versions.next(m.clock->now_ms());
+  m.flights.invalidate_tagged(tag_list, all);
   // Our own queued writes first: a tagged set still in the queue would otherwise land after the
   // invalidation and bring the key back.
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
@@ -298,7 +318,7 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
   status result;
   if (m.coord != nullptr) {
     std::vector<std::string> removed;
-    status s = m.coord->invalidate_tags(tag_list, all, m.versions.next(m.clock->now_ms()), removed);
+    status s = m.coord->invalidate_tags(tag_list, all, version, removed);
     result.update(detail::attribute_to(*m.bytes[m.coord_at], s));
     keys.insert(keys.end(), std::make_move_iterator(removed.begin()),
                 std::make_move_iterator(removed.end()));
@@ -308,6 +328,7 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
     (void)m.apply_del(key, hash, 0, false, /*local_only=*/m.coord != nullptr);
+    m.flights.invalidate(key, hash);  // again after the change: see set_erased
   }
   return result;
 }

@@ -22,6 +22,7 @@
 #include "layercache/error.hpp"
 #include "memory/entry_node.hpp"
 #include "memory/eviction_policy.hpp"
+#include "memory/removal_deferral.hpp"
 
 namespace layercache {
 
@@ -157,8 +158,18 @@ struct memory_layer::impl {
     return shards[shard_count == 1 ? 0 : (hash >> shard_shift)];
   }
 
-  void finish(const removal_list& list) {
+  void finish(removal_list& list) {
     if (list.empty()) return;
+    if (options.on_remove && detail::removal_deferral::active()) {
+      // The caller holds a lock of the stack's: notify (and free) once it has let go.
+      auto held = std::make_shared<removal_list>(std::move(list));
+      detail::removal_deferral::defer([this, held] { notify(*held); });
+      return;
+    }
+    notify(list);
+  }
+
+  void notify(const removal_list& list) {
     list.for_each([&](const removed& r) {
       if (options.on_remove) {
         try {

@@ -1,0 +1,206 @@
+// coherence_races_test.cpp — the races between a process's own reads and mutations (issue #9):
+// read-your-writes against a concurrent get, invalidations that reach in-flight fetches, callbacks
+// that re-enter the cache. Each test forces its interleaving with gates (a codec that blocks in
+// encode, a byte layer that blocks in a named operation) instead of hoping for it.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "layercache/cache_stack.hpp"
+#include "layercache/detail/hash.hpp"
+#include "support/await.hpp"
+#include "test_byte_layer.hpp"
+
+namespace layercache::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A value whose encoding can be made to stop at a gate: the window between the start of a set and
+// its L1 change (encoding happens first, outside every lock).
+struct gated_text {
+  std::string s;
+};
+
+struct encode_pause {
+  std::atomic<bool> armed{false};
+  gate entered;
+  gate release;
+};
+encode_pause* g_encode_pause = nullptr;
+
+}  // namespace
+}  // namespace layercache::test
+
+template <>
+struct layercache::codec<layercache::test::gated_text> {
+  static constexpr bool is_defined = true;
+  static constexpr detail::codec_id id = detail::codec_id::identity;
+  static void encode(const layercache::test::gated_text& v, std::string& out) {
+    auto* p = layercache::test::g_encode_pause;
+    if (p != nullptr && p->armed.exchange(false)) {
+      p->entered.open();
+      p->release.wait();
+    }
+    out += v.s;
+  }
+  static layercache::test::gated_text decode(std::string_view bytes) {
+    return layercache::test::gated_text{std::string(bytes)};
+  }
+};
+
+namespace layercache::test {
+namespace {
+
+// Pauses the first operation named `op` that a faulty_byte_layer receives once armed.
+struct op_pause {
+  explicit op_pause(std::string op_name) : op(std::move(op_name)) {}
+  std::string op;
+  std::atomic<bool> armed{false};
+  gate entered;
+  gate release;
+
+  void maybe_pause(std::string_view name) {
+    if (name == op && armed.exchange(false)) {
+      entered.open();
+      release.wait();
+    }
+  }
+};
+
+std::string text_of(const std::shared_ptr<const gated_text>& v) { return v ? v->s : "<none>"; }
+
+// Defect 2: a get that joins its flight after a set marked the key's flights stale, but reads the
+// byte layer before the set reached L1 and the write queue, used to publish the old bytes over the
+// new L1 value: the writing thread (and every other) then read the old value after set returned.
+TEST(ReadYourWritesTest, AGetRacingASetNeverPutsTheOldValueBackInL1) {
+  encode_pause encode;
+  g_encode_pause = &encode;
+  op_pause read("get"), write("set");
+  auto l1 = memory_layer::create({});
+  auto faulty = std::make_shared<faulty_byte_layer>(test_byte_layer::create({}));
+  faulty->set_hook([&](unsigned, std::string_view op) {
+    read.maybe_pause(op);
+    write.maybe_pause(op);
+  });
+  cache_stack cache({l1, faulty});
+  ASSERT_TRUE(cache.set<gated_text>("k", {"old"}).ok());
+  ASSERT_TRUE(cache.flush());
+  l1->erase("k", detail::hash_key("k"), removal_cause::invalidated);
+
+  encode.armed = true;
+  write.armed = true;  // the new value stays queued: the byte layer keeps "old" meanwhile
+  std::thread setter([&] { (void)cache.set<gated_text>("k", {"new"}); });
+  ASSERT_TRUE(encode.entered.wait());  // the set has begun, its L1 change has not
+  read.armed = true;
+  std::thread getter(
+      [&] { (void)cache.get<gated_text>("k", [] { return gated_text{"fetched"}; }); });
+  ASSERT_TRUE(read.entered.wait());  // the get is about to read "old" from the byte layer
+  encode.release.open();
+  setter.join();  // set() has returned
+  read.release.open();
+  getter.join();
+
+  EXPECT_EQ(text_of(cache.get_if_present<gated_text>("k")), "new");
+  write.release.open();
+  ASSERT_TRUE(cache.flush());
+  EXPECT_EQ(text_of(cache.get_if_present<gated_text>("k")), "new");
+  g_encode_pause = nullptr;
+}
+
+// Defect 3: invalidate_tag must reach a fetch of a tagged key that is still running — its key is
+// in no tag index yet, so only the flight's own tags can tell.
+TEST(TagInvalidationTest, AFetchOfATaggedKeyInFlightIsStaleAfterInvalidateTag) {
+  auto l1 = memory_layer::create({});
+  auto bytes = test_byte_layer::create({});
+  cache_stack cache({l1, bytes});
+  gate fetching, release;
+  std::thread getter([&] {
+    (void)cache.get<std::string>("k",
+                                 [&] {
+                                   fetching.open();
+                                   release.wait();
+                                   return std::string("before-invalidation");
+                                 },
+                                 {.tags = {"t"}});
+  });
+  ASSERT_TRUE(fetching.wait());
+  ASSERT_TRUE(cache.invalidate_tag("t").ok());
+  release.open();
+  getter.join();
+  ASSERT_TRUE(cache.flush());
+  EXPECT_EQ(cache.get_if_present<std::string>("k"), nullptr);
+  EXPECT_FALSE(bytes->stored("k").has_value());
+  EXPECT_EQ(cache.metrics().stale_fills, 1U);
+}
+
+TEST(TagInvalidationTest, AnAllTagsInvalidationSparesAFetchMissingOneOfTheTags) {
+  auto l1 = memory_layer::create({});
+  cache_stack cache({l1});
+  gate fetching, release;
+  std::thread getter([&] {
+    (void)cache.get<std::string>("k",
+                                 [&] {
+                                   fetching.open();
+                                   release.wait();
+                                   return std::string("v");
+                                 },
+                                 {.tags = {"a"}});
+  });
+  ASSERT_TRUE(fetching.wait());
+  const std::vector<std::string> both{"a", "b"};
+  ASSERT_TRUE(cache.invalidate_tags(both, tag_match::all).ok());
+  release.open();
+  getter.join();
+  ASSERT_NE(cache.get_if_present<std::string>("k"), nullptr);
+}
+
+// Defect 11: an on_remove callback runs after the stack's locks are released, so it may call the
+// cache for any key — here for a key of the same single-flight shard as the insert that evicted
+// it (the insert runs under that shard's lock), which used to deadlock.
+TEST(CallbackReentryTest, OnRemoveMayCallTheCacheForAKeyOfTheSameFlightShard) {
+  std::string other;  // a key whose flight shard is the same as "a"'s (64 shards, hash % 64)
+  for (int i = 0; other.empty(); ++i) {
+    const std::string k = "b" + std::to_string(i);
+    if (detail::hash_key(k) % 64 == detail::hash_key("a") % 64) other = k;
+  }
+  std::atomic<bool> armed{false};
+  std::atomic<int> reentered{0};
+  // Leaked on failure: a deadlocked thread still uses it, and must not outlive it.
+  cache_stack* cache = nullptr;
+  auto l1 = memory_layer::create({
+      .max_entries = 1,
+      .on_remove =
+          [&](std::string_view key, removal_cause cause) {
+            if (key == "a" && cause == removal_cause::evicted && armed.exchange(false)) {
+              (void)cache->get<std::string>("a", [] { return std::string("A2"); });
+              ++reentered;
+            }
+          },
+  });
+  cache = new cache_stack({l1});
+  ASSERT_TRUE(cache->set<std::string>("a", "A").ok());
+  armed = true;
+  gate done;
+  std::thread t([&] {
+    (void)cache->get<std::string>(other, [] { return std::string("B"); });
+    done.open();
+  });
+  if (!done.wait()) {
+    t.detach();
+    FAIL() << "get deadlocked in an on_remove callback that called the cache";
+  }
+  t.join();
+  EXPECT_EQ(reentered.load(), 1);
+  delete cache;
+}
+
+}  // namespace
+}  // namespace layercache::test
