@@ -2,14 +2,18 @@
 //
 // invalidate_tag must drop L1 copies that Redis may not know of (memory-only stacks, writes that
 // failed to reach Redis), and the copies another instance's message names only by tag. Only tagged
-// entries cost anything. Entries are not removed when L1 evicts or replaces a key (that would put
-// a callback on every eviction); instead, when the index has doubled since the last sweep, a sweep
-// drops keys L1 no longer holds — so it stays within a small multiple of the tagged entries L1
-// holds. A stale key in the index is harmless: invalidating it erases nothing.
+// entries cost anything. A key is indexed under the tags of its latest tagged write only: writing
+// it again with other tags moves it (otherwise one key re-set with ever new tags grows the index
+// without bound). Entries are not removed when L1 evicts a key (that would put a callback on every
+// eviction); instead, when the index has doubled since the last sweep, a sweep drops keys L1 no
+// longer holds — so it stays within a small multiple of the tagged entries L1 holds. A stale key
+// in the index is harmless: invalidating it erases nothing.
 //
-// Thread-safety: thread-safe (one mutex; a sweep runs under it, amortised O(1) per add).
+// Thread-safety: thread-safe (one mutex; a sweep runs under it, amortised O(1) per add). The
+// `held` callback runs under the mutex: it must not call back into the index.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <functional>
 #include <mutex>
@@ -26,11 +30,22 @@ class tag_index {
  public:
   using still_held = std::function<bool(const std::string& key)>;
 
+  // Indexes `key` under `tags`, replacing the tags of its previous tagged write.
   void add(std::string_view key, std::span<const std::string> tags, const still_held& held) {
     if (tags.empty()) return;
     std::lock_guard lock(mu_);
+    auto [it, fresh] = by_key_.try_emplace(std::string(key));
+    std::vector<std::string>& current = it->second;
+    if (!fresh) {
+      for (const auto& old : current) {
+        if (std::find(tags.begin(), tags.end(), old) == tags.end()) unlink(old, it->first);
+      }
+    }
+    current.clear();
     for (const auto& t : tags) {
-      if (by_tag_[t].emplace(key).second) ++size_;
+      if (std::find(current.begin(), current.end(), t) != current.end()) continue;
+      current.push_back(t);
+      if (by_tag_[t].emplace(it->first).second) ++size_;
     }
     if (size_ >= 2 * swept_size_ + 1024) sweep(held);
   }
@@ -41,64 +56,73 @@ class tag_index {
     std::lock_guard lock(mu_);
     if (tags.empty()) return out;
     if (!all) {
+      std::unordered_set<std::string_view> seen;
       for (const auto& t : tags) {
         auto it = by_tag_.find(t);
         if (it == by_tag_.end()) continue;
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        size_ -= it->second.size();
-        by_tag_.erase(it);
+        for (const auto& key : it->second) {
+          if (seen.insert(key).second) out.push_back(key);
+        }
       }
-      return out;
-    }
-    auto first = by_tag_.find(tags.front());
-    if (first == by_tag_.end()) return out;
-    for (const auto& key : first->second) {
-      bool in_all = true;
-      for (const auto& t : tags.subspan(1)) {
-        auto it = by_tag_.find(t);
-        in_all = in_all && it != by_tag_.end() && it->second.contains(key);
+    } else {
+      auto first = by_tag_.find(tags.front());
+      if (first == by_tag_.end()) return out;
+      for (const auto& key : first->second) {
+        bool in_all = true;
+        for (const auto& t : tags.subspan(1)) {
+          auto it = by_tag_.find(t);
+          in_all = in_all && it != by_tag_.end() && it->second.contains(key);
+        }
+        if (in_all) out.push_back(key);
       }
-      if (in_all) out.push_back(key);
     }
-    for (const auto& t : tags) {
-      auto it = by_tag_.find(t);
-      if (it == by_tag_.end()) continue;
-      for (const auto& key : out) size_ -= it->second.erase(key);
-      if (it->second.empty()) by_tag_.erase(it);
-    }
+    // A taken key is gone from every tag: the invalidation removes it, and its next tagged write
+    // indexes it again.
+    for (const auto& key : out) forget(key);
     return out;
   }
 
   void clear() {
     std::lock_guard lock(mu_);
     by_tag_.clear();
+    by_key_.clear();
     size_ = swept_size_ = 0;
   }
 
+  // Key-tag pairs indexed.
   std::size_t size() const {
     std::lock_guard lock(mu_);
     return size_;
   }
 
  private:
+  void unlink(const std::string& tag, const std::string& key) {
+    auto it = by_tag_.find(tag);
+    if (it == by_tag_.end()) return;
+    size_ -= it->second.erase(key);
+    if (it->second.empty()) by_tag_.erase(it);
+  }
+
+  void forget(const std::string& key) {
+    auto it = by_key_.find(key);
+    if (it == by_key_.end()) return;
+    const std::vector<std::string> tags = std::move(it->second);
+    by_key_.erase(it);
+    for (const auto& t : tags) unlink(t, key);
+  }
+
   void sweep(const still_held& held) {
-    for (auto it = by_tag_.begin(); it != by_tag_.end();) {
-      auto& keys = it->second;
-      for (auto k = keys.begin(); k != keys.end();) {
-        if (held(*k)) {
-          ++k;
-        } else {
-          k = keys.erase(k);
-          --size_;
-        }
-      }
-      it = keys.empty() ? by_tag_.erase(it) : std::next(it);
+    std::vector<std::string> gone;
+    for (const auto& [key, tags] : by_key_) {
+      if (!held(key)) gone.push_back(key);
     }
+    for (const auto& key : gone) forget(key);
     swept_size_ = size_;
   }
 
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::unordered_set<std::string>> by_tag_;
+  std::unordered_map<std::string, std::vector<std::string>> by_key_;  // the tags of each key
   std::size_t size_ = 0;
   std::size_t swept_size_ = 0;
 };
