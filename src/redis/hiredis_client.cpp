@@ -20,10 +20,11 @@
 //     pipelining: one batch in flight per connection; with N busy callers a batch holds about
 //     N/connections commands, and one send(), one recv() and one turn of the server's event loop
 //     serve all of them. A writer sends one batch per turn (what is queued meanwhile waits for the
-//     replies). Measured alternatives, with 32 callers on 2 cores: sending on arrival, or allowing
-//     two batches in flight, both fell to ~1 command per send() and lost the gain — a send() is
-//     too short for others to queue behind it. On EAGAIN the writer hands the role to the I/O
-//     thread, which finishes the write on POLLOUT.
+//     replies; if they all came in during the send, the writer sends it too). Measured
+//     alternatives, with 32 callers on 2 cores: sending on arrival, or allowing two batches in
+//     flight, both fell to ~1 command per send() and lost the gain — a send() is too short for
+//     others to queue behind it. On EAGAIN the writer hands the role to the I/O thread, which
+//     finishes the write on POLLOUT.
 //   - reader: owns the socket's read side and the redisReader. A synchronous caller that queues a
 //     command while nobody reads becomes the reader (the leader): it ppolls the socket until its
 //     deadline, parses what arrives and completes every command in the batch — its own and other
@@ -66,8 +67,10 @@
 //     read and dropped, so replies never shift to the wrong caller.
 //   - state == ready and inflight non-empty ⇒ reader != none (somebody will read the replies).
 //     A partial send pending ⇒ writer != none. wbuf non-empty ⇒ writer != none, or replies are
-//     owed for sent commands (the reader sends wbuf after its next read). The last `unsent`
-//     entries of inflight are the ones whose bytes are still in wbuf.
+//     owed for sent commands (the reader sends wbuf after its next read). So a writer keeps its
+//     role while wbuf holds commands and nothing is owed: a reader that read the last replies
+//     while the writer was sending left wbuf to it. The last `unsent` entries of inflight are
+//     the ones whose bytes are still in wbuf.
 //   - Only the I/O thread opens, closes or replaces fd, and only while no role is held; a thread
 //     holding a role may therefore use fd without the lock. Whoever sees a socket error marks the
 //     connection broken, fails all its entries with unavailable and shutdown()s the socket (which
@@ -287,6 +290,14 @@ struct async_timer {
 
 // The I/O thread of the client that is running on this thread, if any.
 thread_local const void* tl_io_owner = nullptr;
+
+// Test seam (hiredis_client.hpp): one relaxed load per send when no hook is installed.
+std::atomic<bool> g_after_send_installed{false};
+std::function<void()> g_after_send;  // written only while no client sends (see the header)
+
+void after_send_seam() {
+  if (g_after_send_installed.load(std::memory_order_acquire)) g_after_send();
+}
 
 // =================================================================================================
 
@@ -663,8 +674,10 @@ void hiredis_client::write_loop(connection& cn, actor who) {
       if (cn.wout_off == cn.wout.size()) {
         // One batch per turn: what was queued while it was being sent waits for the replies to
         // it (the reader sends it then), so it grows into the next batch instead of trickling
-        // out in small sends. Replies are owed now, so wbuf is not stranded.
-        if (cn.wbuf.empty() || took_batch) {
+        // out in small sends. Unless no reply is owed any more: the reader read them all while
+        // this thread still held the role, so it left wbuf to us, and nobody else would send it.
+        const bool replies_owed = cn.inflight.size() > cn.unsent;
+        if (cn.wbuf.empty() || (took_batch && replies_owed)) {
           cn.writer = role::none;
           break;
         }
@@ -678,6 +691,7 @@ void hiredis_client::write_loop(connection& cn, actor who) {
       const ssize_t sent =
           ::send(fd, cn.wout.data() + cn.wout_off, cn.wout.size() - cn.wout_off, MSG_NOSIGNAL);
       const int err = errno;
+      if (sent > 0) after_send_seam();
       lk.lock();
       if (sent > 0) {
         cn.wout_off += static_cast<std::size_t>(sent);
@@ -1490,6 +1504,12 @@ milliseconds hiredis_client::jittered(milliseconds d) {
 }
 
 }  // namespace
+
+void set_after_send_hook_for_testing(std::function<void()> hook) {
+  g_after_send_installed.store(false, std::memory_order_release);
+  g_after_send = std::move(hook);
+  if (g_after_send) g_after_send_installed.store(true, std::memory_order_release);
+}
 
 std::unique_ptr<redis_client> make_hiredis_client(const client_options& options) {
   options.validate();
