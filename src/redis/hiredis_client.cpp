@@ -1,7 +1,8 @@
 // hiredis_client.cpp — redis_client over hiredis 0.14: our own non-blocking sockets, ppoll, an
 // eventfd and futexes; hiredis formats commands (redisFormatSdsCommandArgv, the sprintf-free
 // sibling of redisFormatCommandArgv) and parses replies (redisReader, building our reply type
-// through its object-function hooks). Nothing here parses RESP by hand.
+// through its object-function hooks: reply_reader.hpp). Nothing here parses RESP by hand. Which
+// commands a shared connection accepts is in command_rules.hpp.
 //
 // Why not Boost.Asio or the hiredis async API: both route every command through the I/O thread
 // (caller → I/O thread → caller), which costs two thread wake-ups per command — more than the whole
@@ -19,10 +20,11 @@
 //     pipelining: one batch in flight per connection; with N busy callers a batch holds about
 //     N/connections commands, and one send(), one recv() and one turn of the server's event loop
 //     serve all of them. A writer sends one batch per turn (what is queued meanwhile waits for the
-//     replies). Measured alternatives, with 32 callers on 2 cores: sending on arrival, or allowing
-//     two batches in flight, both fell to ~1 command per send() and lost the gain — a send() is
-//     too short for others to queue behind it. On EAGAIN the writer hands the role to the I/O
-//     thread, which finishes the write on POLLOUT.
+//     replies; if they all came in during the send, the writer sends it too). Measured
+//     alternatives, with 32 callers on 2 cores: sending on arrival, or allowing two batches in
+//     flight, both fell to ~1 command per send() and lost the gain — a send() is too short for
+//     others to queue behind it. On EAGAIN the writer hands the role to the I/O thread, which
+//     finishes the write on POLLOUT.
 //   - reader: owns the socket's read side and the redisReader. A synchronous caller that queues a
 //     command while nobody reads becomes the reader (the leader): it ppolls the socket until its
 //     deadline, parses what arrives and completes every command in the batch — its own and other
@@ -65,8 +67,10 @@
 //     read and dropped, so replies never shift to the wrong caller.
 //   - state == ready and inflight non-empty ⇒ reader != none (somebody will read the replies).
 //     A partial send pending ⇒ writer != none. wbuf non-empty ⇒ writer != none, or replies are
-//     owed for sent commands (the reader sends wbuf after its next read). The last `unsent`
-//     entries of inflight are the ones whose bytes are still in wbuf.
+//     owed for sent commands (the reader sends wbuf after its next read). So a writer keeps its
+//     role while wbuf holds commands and nothing is owed: a reader that read the last replies
+//     while the writer was sending left wbuf to it. The last `unsent` entries of inflight are
+//     the ones whose bytes are still in wbuf.
 //   - Only the I/O thread opens, closes or replaces fd, and only while no role is held; a thread
 //     holding a role may therefore use fd without the lock. Whoever sees a socket error marks the
 //     connection broken, fails all its entries with unavailable and shutdown()s the socket (which
@@ -110,8 +114,10 @@
 #include <utility>
 
 #include "layercache/error.hpp"
+#include "redis/command_rules.hpp"
 #include "redis/errors.hpp"
 #include "redis/redis_url.hpp"
+#include "redis/reply_reader.hpp"
 #include "redis/wire.hpp"
 
 namespace layercache::redis_detail {
@@ -282,188 +288,16 @@ struct async_timer {
   bool operator>(const async_timer& o) const noexcept { return when > o.when; }
 };
 
-// ---- command formatting and checks --------------------------------------------------------------
-
-bool iequals(std::string_view a, std::string_view upper) noexcept {
-  if (a.size() != upper.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char c = a[i];
-    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-    if (c != upper[i]) return false;
-  }
-  return true;
-}
-
-enum class command_class : unsigned char { plain, multi, exec, forbidden };
-
-// Commands that would break a shared, pipelined connection: they change its state for every
-// caller, hold it (blocking), or do not answer with exactly one reply.
-template <class Args>
-command_class classify(const Args& argv, std::string& why) {
-  const std::string_view name = argv[0];
-  if (name.empty() || name.size() > 12) return command_class::plain;  // no name below is longer
-  // Every name below starts with one of these letters; GET, HGET, INCR, ... skip the table.
-  switch (name[0] | 0x20) {  // ASCII lower case
-    case 'a':
-    case 'b':
-    case 'c':
-    case 'd':
-    case 'e':
-    case 'h':
-    case 'm':
-    case 'p':
-    case 'q':
-    case 'r':
-    case 's':
-    case 'u':
-    case 'w':
-    case 'x':
-      break;
-    default:
-      return command_class::plain;
-  }
-  if (iequals(name, "MULTI")) return command_class::multi;
-  if (iequals(name, "EXEC") || iequals(name, "DISCARD")) return command_class::exec;
-  if (iequals(name, "SELECT")) {
-    why =
-        "SELECT would change the database of a shared connection; put the database in the URL "
-        "(redis://host:port/db)";
-    return command_class::forbidden;
-  }
-  if (iequals(name, "AUTH") || iequals(name, "HELLO")) {
-    why = std::string(name) +
-          " is sent by the client itself on every connect; put the "
-          "credentials in the URL (redis://user:password@host:port)";
-    return command_class::forbidden;
-  }
-  bool bad = false;
-  if (iequals(name, "CLIENT")) {
-    bad = std::size(argv) > 1 && iequals(argv[1], "REPLY");
-  } else if (iequals(name, "XREAD") || iequals(name, "XREADGROUP")) {
-    for (std::size_t i = 1; i < std::size(argv) && !bad; ++i) bad = iequals(argv[i], "BLOCK");
-  } else {
-    static constexpr std::array<std::string_view, 24> k_forbidden = {
-        "QUIT",       "RESET",        "WATCH",      "UNWATCH",      "SUBSCRIBE", "UNSUBSCRIBE",
-        "PSUBSCRIBE", "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR",   "SYNC",
-        "PSYNC",      "BLPOP",        "BRPOP",      "BRPOPLPUSH",   "BLMOVE",    "BLMPOP",
-        "BZPOPMIN",   "BZPOPMAX",     "BZMPOP",     "WAIT",         "WAITAOF",   "SHUTDOWN"};
-    for (std::string_view f : k_forbidden) {
-      if (iequals(name, f)) {
-        bad = true;
-        break;
-      }
-    }
-  }
-  if (!bad) return command_class::plain;
-  why = std::string(name) +
-        " is not supported on a shared, pipelined connection (it changes the connection's state, "
-        "blocks it, or does not answer with exactly one reply)";
-  return command_class::forbidden;
-}
-
-template <class Args>
-status check_single(const Args& argv) {
-  if (std::size(argv) == 0) return bad_command("empty command");
-  std::string why;
-  switch (classify(argv, why)) {
-    case command_class::plain:
-      return {};
-    case command_class::forbidden:
-      return bad_command(why);
-    case command_class::multi:
-    case command_class::exec:
-      return bad_command(
-          "MULTI ... EXEC/DISCARD must be sent together in one execute_pipeline() "
-          "call (connections are shared; other callers' commands would interleave)");
-  }
-  return {};
-}
-
-// ---- replies: hiredis's reader builds our reply tree directly -----------------------------------
-// Custom object functions save the intermediate redisReply (an allocation, a copy of every string
-// and a free per reply) that converting from hiredis's default objects would cost. hiredis owns
-// the root until redisReaderGetReply hands it over; children live inside their parent's elements
-// (sized when the array header is read), so only roots are ever freed on their own.
-
-reply* reply_slot(const redisReadTask* task) {
-  if (task->parent != nullptr) {
-    auto* parent = static_cast<reply*>(task->parent->obj);
-    return &parent->elements[static_cast<std::size_t>(task->idx)];
-  }
-  return new reply;
-}
-
-void* create_string(const redisReadTask* task, char* str, std::size_t len) noexcept {
-  try {
-    reply* r = reply_slot(task);
-    r->type = task->type == REDIS_REPLY_ERROR    ? reply::kind::error
-              : task->type == REDIS_REPLY_STATUS ? reply::kind::status
-                                                 : reply::kind::string;
-    r->str.assign(str, len);
-    return r;
-  } catch (...) {
-    return nullptr;  // hiredis reports "Out of memory" and the connection is dropped
-  }
-}
-
-void* create_array(const redisReadTask* task, int elements) noexcept {
-  try {
-    reply* r = reply_slot(task);
-    r->type = reply::kind::array;
-    if (elements > 0) r->elements.resize(static_cast<std::size_t>(elements));
-    return r;
-  } catch (...) {
-    return nullptr;
-  }
-}
-
-void* create_integer(const redisReadTask* task, long long value) noexcept {
-  try {
-    reply* r = reply_slot(task);
-    r->type = reply::kind::integer;
-    r->integer = value;
-    return r;
-  } catch (...) {
-    return nullptr;
-  }
-}
-
-void* create_nil(const redisReadTask* task) noexcept {
-  try {
-    reply* r = reply_slot(task);
-    r->type = reply::kind::nil;
-    return r;
-  } catch (...) {
-    return nullptr;
-  }
-}
-
-void free_reply(void* root) noexcept { delete static_cast<reply*>(root); }
-
-redisReplyObjectFunctions k_reply_functions = {create_string, create_array, create_integer,
-                                               create_nil, free_reply};
-
-redisReader* make_reader() { return redisReaderCreateWithFunctions(&k_reply_functions); }
-
-// Takes the next complete reply off the reader: 1 = got one, 0 = need more bytes, -1 = bad stream.
-int next_reply(redisReader* rdr, reply& out) {
-  void* raw = nullptr;
-  if (redisReaderGetReply(rdr, &raw) != REDIS_OK) return -1;
-  if (raw == nullptr) return 0;
-  std::unique_ptr<reply> root(static_cast<reply*>(raw));
-  out = std::move(*root);
-  return 1;
-}
-
-result to_result(reply&& r) {
-  result out;
-  if (r.type == reply::kind::error) out.error = error_reply_status(r.str);
-  out.value = std::move(r);
-  return out;
-}
-
 // The I/O thread of the client that is running on this thread, if any.
 thread_local const void* tl_io_owner = nullptr;
+
+// Test seam (hiredis_client.hpp): one relaxed load per send when no hook is installed.
+std::atomic<bool> g_after_send_installed{false};
+std::function<void()> g_after_send;  // written only while no client sends (see the header)
+
+void after_send_seam() {
+  if (g_after_send_installed.load(std::memory_order_acquire)) g_after_send();
+}
 
 // =================================================================================================
 
@@ -840,8 +674,10 @@ void hiredis_client::write_loop(connection& cn, actor who) {
       if (cn.wout_off == cn.wout.size()) {
         // One batch per turn: what was queued while it was being sent waits for the replies to
         // it (the reader sends it then), so it grows into the next batch instead of trickling
-        // out in small sends. Replies are owed now, so wbuf is not stranded.
-        if (cn.wbuf.empty() || took_batch) {
+        // out in small sends. Unless no reply is owed any more: the reader read them all while
+        // this thread still held the role, so it left wbuf to us, and nobody else would send it.
+        const bool replies_owed = cn.inflight.size() > cn.unsent;
+        if (cn.wbuf.empty() || (took_batch && replies_owed)) {
           cn.writer = role::none;
           break;
         }
@@ -855,6 +691,7 @@ void hiredis_client::write_loop(connection& cn, actor who) {
       const ssize_t sent =
           ::send(fd, cn.wout.data() + cn.wout_off, cn.wout.size() - cn.wout_off, MSG_NOSIGNAL);
       const int err = errno;
+      if (sent > 0) after_send_seam();
       lk.lock();
       if (sent > 0) {
         cn.wout_off += static_cast<std::size_t>(sent);
@@ -1667,6 +1504,12 @@ milliseconds hiredis_client::jittered(milliseconds d) {
 }
 
 }  // namespace
+
+void set_after_send_hook_for_testing(std::function<void()> hook) {
+  g_after_send_installed.store(false, std::memory_order_release);
+  g_after_send = std::move(hook);
+  if (g_after_send) g_after_send_installed.store(true, std::memory_order_release);
+}
 
 std::unique_ptr<redis_client> make_hiredis_client(const client_options& options) {
   options.validate();

@@ -20,6 +20,7 @@
 // still run, on the I/O thread, before it exits).
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include "redis/redis_client.hpp"
@@ -27,5 +28,12 @@
 namespace layercache::redis_detail {
 
 std::unique_ptr<redis_client> make_hiredis_client(const client_options& options);
+
+// Test seam, not for production: `hook` runs on the thread holding a connection's writer role
+// right after each send() that moved bytes, before the writer looks at the connection again (no
+// lock held), so a test can let replies arrive and commands queue at that point. Empty: none.
+// Install and remove only while no client is sending (e.g. before creating the client and after
+// destroying it).
+void set_after_send_hook_for_testing(std::function<void()> hook);
 
 }  // namespace layercache::redis_detail

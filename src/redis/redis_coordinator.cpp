@@ -4,7 +4,8 @@
 //   P<key>                 the envelope, or a tombstone after a delete
 //   P__lc:lease:<key>      hash {t: token, w: "1" once another instance waits}; PX lease_ttl
 //   P__lc:tag:<tag>        set of keys carrying the tag; expires with its longest-lived key
-//   P__lc:seq:<origin>     the origin's bus sequence counter
+//   P__lc:seq:<origin>     the origin's bus sequence counter; expires 24 h after its last
+//                          message, so a silent origin restarts at 1 (a fresh start, not a loss)
 //   P__lc:ns:<path>        a namespace's generation (never deleted: clear() skips it)
 //   P__lc:bus, P__lc:fill  the pub/sub channels: invalidations; lease wake-ups (payload = key)
 // Versions compare as (hi, lo) 32-bit halves because Lua numbers are doubles; the scripts read a
@@ -15,8 +16,10 @@
 // so a subscriber that drops its L1 copy and re-reads always sees the new value. In this process:
 // `listener_mu_` guards the listener and is held while it runs (listen(null) waits for a running
 // callback); `waiters_mu_` guards lease waiters; `leases_mu_` the leases being renewed; `seq_mu_`
-// the last sequence number seen per origin (touched by the subscriber thread only, and by the
-// state callback on the same thread). No lock is held across a Redis call.
+// the last sequence number seen per origin and when (written by the subscriber thread; origins
+// silent for longer than their sequence key lives are forgotten, which bounds the map). No lock is
+// held across a Redis call. Leases: every write that does not run its script (breaker open, script
+// failed) gives back the leases it carried; a write the script runs releases them itself.
 #include "redis/redis_coordinator.hpp"
 
 #include <algorithm>
@@ -57,6 +60,7 @@ local function ver(v)
   return e + f * 256 + g * 65536 + h * 16777216, a + b * 256 + c * 65536 + d * 16777216
 end
 local function not_older(hi, lo, shi, slo) return hi > shi or (hi == shi and lo >= slo) end
+-- The PEXPIRE below is seq_key_lifetime in C++: keep them equal.
 local function announce(seqkey, channel, origin, op, vstr, la, lb)
   local seq = redis.call('INCR', seqkey)
   redis.call('PEXPIRE', seqkey, 86400000)
@@ -106,6 +110,9 @@ return 1
 // KEYS: seq, then per write: value, lease, tag sets... ARGV: bus channel, fill channel, origin,
 // tombstone ms, n, quiet, then per write 8 fields: kind (s|f|d), hi, lo, bytes (d: the version,
 // 8 bytes LE), px ('0' = no expiry), token, tag count, key. -> per write 1 stored, 0 refused.
+// A token is checked only for a fill (a fill whose lease was taken over must not land), but any
+// write carrying one releases it: a fill turned into a tombstone (too big, already expired) gives
+// its lease back in the same step as it deletes, so a woken waiter never reads the older value.
 constexpr std::string_view lua_write = R"lua(
 local n = tonumber(ARGV[5])
 local ai, ki = 7, 2
@@ -146,7 +153,7 @@ for i = 1, n do
       if not_older(hi, lo, vhi, vlo) then vhi, vlo = hi, lo end
     end
   end
-  if kind == 'f' and token ~= '' and redis.call('HGET', lkey, 't') == token then
+  if token ~= '' and redis.call('HGET', lkey, 't') == token then
     local w = redis.call('HGET', lkey, 'w')
     redis.call('DEL', lkey)
     if w then redis.call('PUBLISH', ARGV[2], key) end
@@ -160,7 +167,10 @@ return out
 )lua";
 
 // KEYS: seq, tag sets... ARGV: bus channel, origin, all ('1'|'0'), tombstone ms, value-key
-// prefix, tombstone version (8 bytes LE), hi, lo, then the tags. -> the removed keys.
+// prefix, tombstone version (8 bytes LE), hi, lo, then the tags. -> the matched keys.
+// A member whose stored value is newer than the invalidation (written by a host whose clock runs
+// ahead) survives it, and so must its membership: a later, newer invalidation of the tag has to
+// find it. Only members tombstoned here or already gone leave the sets.
 constexpr std::string_view lua_tags = R"lua(
 local tagkeys = {}
 for t = 2, #KEYS do tagkeys[#tagkeys + 1] = KEYS[t] end
@@ -168,20 +178,24 @@ local members
 if ARGV[3] == '1' then members = redis.call('SINTER', unpack(tagkeys))
 else members = redis.call('SUNION', unpack(tagkeys)) end
 local hi, lo = tonumber(ARGV[7]), tonumber(ARGV[8])
+local gone, survivors = {}, 0
 for _, m in ipairs(members) do
   local vkey = ARGV[5] .. m
   local cur = redis.call('GET', vkey)
+  local left = true
   if cur and not is_tomb(cur) then
     local shi, slo = ver(cur)
-    if not_older(hi, lo, shi, slo) then redis.call('SET', vkey, '\167\254' .. ARGV[6], 'PX', ARGV[4]) end
+    if not_older(hi, lo, shi, slo) then redis.call('SET', vkey, '\167\254' .. ARGV[6], 'PX', ARGV[4])
+    else left = false end
   end
+  if left then gone[#gone + 1] = m else survivors = survivors + 1 end
 end
-if ARGV[3] == '1' then
-  for _, tk in ipairs(tagkeys) do
-    for _, m in ipairs(members) do redis.call('SREM', tk, m) end
-  end
-else
+if ARGV[3] ~= '1' and survivors == 0 then
   for _, tk in ipairs(tagkeys) do redis.call('DEL', tk) end
+else
+  for _, tk in ipairs(tagkeys) do
+    for _, m in ipairs(gone) do redis.call('SREM', tk, m) end
+  end
 end
 local tags = {}
 for a = 9, #ARGV do tags[#tags + 1] = ARGV[a] end
@@ -204,6 +218,13 @@ local g = redis.call('INCR', KEYS[1])
 announce(KEYS[2], ARGV[1], ARGV[2], 'r', '0:0', {ARGV[3]}, {tostring(g)})
 return g
 )lua";
+
+// How long an origin's sequence key lives after its last message (the PEXPIRE in lua_prelude). An
+// origin silent for longer restarts at 1; a receiver forgets origins it has not heard from for
+// longer, so its memory is bounded by the origins active in that window.
+constexpr std::int64_t seq_key_lifetime_ms = 86'400'000;
+// How often a receiver looks for such origins (a sweep of the whole map).
+constexpr std::int64_t origin_sweep_every_ms = seq_key_lifetime_ms / 24;
 
 enum script_id : std::size_t {
   s_acquire,
@@ -385,18 +406,26 @@ class redis_coordinator final : public detail::coordinator {
     ctx_.client->execute_async(std::move(argv), o_.write_deadline, [](result) {});
   }
 
-  // Turns a value write that will not be stored into a tombstone of its version, giving back the
-  // lease it carried.
-  void to_tombstone(detail::coordinated_write& w) {
-    if (!w.lease.empty()) release(w.key, w.lease);
+  // Turns a value write that will not be stored into a tombstone of its version. It keeps the
+  // lease it carried: the write script releases it together with the tombstone.
+  static void to_tombstone(detail::coordinated_write& w) {
     w.version = envelope_version(w.bytes);
     w.type = detail::coordinated_write::kind::del;
-    w.lease = {};
     w.tags = {};
+  }
+
+  // Gives back the leases of writes whose script will not run (or did not run to the end): the
+  // renewer stops renewing them and waiting instances are woken, instead of every other instance
+  // waiting lease_wait for each key while this one is cut off from writing.
+  void release_leases(std::span<const detail::coordinated_write> writes) {
+    for (const auto& w : writes) {
+      if (!w.lease.empty()) release(w.key, w.lease);
+    }
   }
 
   detail::coordinated_result write(std::span<const detail::coordinated_write> writes) override {
     if (!writes.empty() && !ctx_.write_allowed()) {
+      release_leases(writes);
       detail::coordinated_result out;
       out.rejected.assign(writes.size(), false);
       out.error = ctx_.write_outcome(status(errc::unavailable, "circuit breaker open"));
@@ -472,6 +501,10 @@ class redis_coordinator final : public detail::coordinator {
       for (std::size_t k = 0; k < sent.size(); ++k) {
         out.rejected[sent[k]] = r.value.elements[k].integer == 0;
       }
+    } else {
+      // The script failed or its reply was lost: a lease it did not release must not stay held
+      // until it expires (release checks the token, so one the script did release is untouched).
+      release_leases(writes);
     }
     s.update(oversize);
     out.error = std::move(s);
@@ -571,6 +604,12 @@ class redis_coordinator final : public detail::coordinator {
       return std::nullopt;
     }
     return static_cast<std::uint64_t>(r.value.integer);
+  }
+
+  // Origins whose sequence this instance remembers (bounded: see forget_idle_origins_locked).
+  std::size_t origins_tracked() {
+    std::lock_guard lock(seq_mu_);
+    return last_seq_.size();
   }
 
  private:
@@ -729,8 +768,12 @@ class redis_coordinator final : public detail::coordinator {
       had_loss_ = true;
       return;
     }
-    last_seq_.clear();  // a new subscription: sequences restart from whatever comes next
-    wake_all();         // a wake-up may have been lost with the old connection
+    {
+      // A new subscription: sequences restart from whatever comes next.
+      std::lock_guard lock(seq_mu_);
+      last_seq_.clear();
+    }
+    wake_all();  // a wake-up may have been lost with the old connection
     if (!had_loss_) return;
     had_loss_ = false;
     std::lock_guard lock(listener_mu_);
@@ -746,19 +789,37 @@ class redis_coordinator final : public detail::coordinator {
     std::optional<bus_message> m = parse_bus_message(payload, &why);
     if (!m) return;  // not ours (someone else publishing on the channel): nothing to do
     if (m->origin == origin_) return;
-    bool gap = false;
-    {
-      auto [it, fresh] = last_seq_.try_emplace(m->origin, m->seq);
-      if (!fresh) {
-        gap = m->seq != it->second + 1;
-        it->second = m->seq;
-      }
-    }
+    const bool gap = sequence_gap(m->origin, m->seq);
     if (m->op == 'k' || m->op == 't' || m->op == 'T') {
       for (const auto& k : m->op == 'k' ? m->a : m->b) wake(k);
     }
     std::lock_guard lock(listener_mu_);
     for (auto* l : listeners_) deliver(*l, *m, gap);
+  }
+
+  // Records `seq` as the newest message of `origin`; true when messages of it were lost since the
+  // previous one. Seq 1 is a fresh start, not a loss: the origin's counter expired after
+  // seq_key_lifetime without a message and INCR began again (or Redis restarted, which broke the
+  // subscription and is reported as a loss by on_state). Any other jump is a loss.
+  bool sequence_gap(std::uint64_t origin, std::uint64_t seq) {
+    const unix_ms now = ctx_.clock->now_ms();
+    std::lock_guard lock(seq_mu_);
+    forget_idle_origins_locked(now);
+    auto [it, fresh] = last_seq_.try_emplace(origin, origin_seq{seq, now});
+    if (fresh) return false;
+    const bool gap = seq != 1 && seq != it->second.seq + 1;
+    it->second = origin_seq{seq, now};
+    return gap;
+  }
+
+  // Forgets origins silent for longer than their sequence key lives: their key has expired, so
+  // their next message is a fresh start (seq 1) anyway. Sweeps at most every
+  // origin_sweep_every_ms (and after the clock went back).
+  void forget_idle_origins_locked(unix_ms now) {
+    if (now >= last_sweep_ms_ && now - last_sweep_ms_ < origin_sweep_every_ms) return;
+    last_sweep_ms_ = now;
+    std::erase_if(last_seq_,
+                  [&](const auto& e) { return now - e.second.seen_ms > seq_key_lifetime_ms; });
   }
 
   static void deliver(detail::bus_listener& l, const bus_message& m, bool gap) {
@@ -811,8 +872,15 @@ class redis_coordinator final : public detail::coordinator {
   std::condition_variable_any leases_cv_;
   std::unordered_map<std::string, std::string> leases_;  // token -> key
 
+  struct origin_seq {
+    std::uint64_t seq = 0;
+    unix_ms seen_ms = 0;  // when its last message arrived (ctx_.clock)
+  };
+  // Written by the subscriber thread; read by origins_tracked() (tests).
+  std::mutex seq_mu_;
+  std::unordered_map<std::uint64_t, origin_seq> last_seq_;  // per origin, guarded by seq_mu_
+  unix_ms last_sweep_ms_ = 0;                               // guarded by seq_mu_
   // Subscriber thread only.
-  std::unordered_map<std::uint64_t, std::uint64_t> last_seq_;
   bool had_loss_ = false;
 
   std::unique_ptr<subscriber> sub_;
@@ -823,6 +891,11 @@ class redis_coordinator final : public detail::coordinator {
 
 std::unique_ptr<detail::coordinator> make_redis_coordinator(coordinator_context context) {
   return std::make_unique<redis_coordinator>(std::move(context));
+}
+
+std::size_t bus_origins_tracked(detail::coordinator& c) {
+  auto* rc = dynamic_cast<redis_coordinator*>(&c);
+  return rc != nullptr ? rc->origins_tracked() : 0;
 }
 
 }  // namespace layercache::redis_detail

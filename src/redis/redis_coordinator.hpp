@@ -10,6 +10,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -40,5 +41,9 @@ bool is_tombstone(std::string_view bytes) noexcept;
 inline constexpr std::string_view internal_marker = "__lc:";
 
 std::unique_ptr<detail::coordinator> make_redis_coordinator(coordinator_context context);
+
+// Test seam: how many peer origins the coordinator `c` (made by make_redis_coordinator) remembers
+// bus sequence numbers for; 0 for another coordinator.
+std::size_t bus_origins_tracked(detail::coordinator& c);
 
 }  // namespace layercache::redis_detail

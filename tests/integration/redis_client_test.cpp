@@ -763,5 +763,43 @@ TEST(RedisClientTest, IdleConnectionsArePingedEveryHealthInterval) {
   EXPECT_TRUE(client->connected());
 }
 
+TEST(RedisClientTest, AWriterWhoseRepliesWereReadDuringItsSendSendsWhatWasQueuedMeanwhile) {
+  redis_server redis;
+  client_options o = options_for(redis.url());
+  o.connections = 1;
+  o.health_interval = 0ms;  // no PING, no stall check: nothing else would move a stranded command
+  // Pauses the writer right after its send, still holding the writer role.
+  std::atomic<bool> armed{false};
+  layercache::test::gate paused, resume;
+  set_after_send_hook_for_testing([&] {
+    if (!armed.exchange(false)) return;
+    paused.open();
+    resume.wait();
+  });
+  struct unhook {
+    ~unhook() { set_after_send_hook_for_testing({}); }
+  } unhook_after_the_client;  // destroyed after the client below
+  auto client = make_hiredis_client(o);
+  ASSERT_TRUE(client->execute({"PING"}, 2s).error.ok());
+
+  // A: an async command, so this thread writes it and the I/O thread reads its reply.
+  std::atomic<bool> a_done{false};
+  armed = true;
+  std::jthread writer([&] {
+    client->execute_async({"SET", "a", "1"}, 5s, [&](result) { a_done = true; });
+  });
+  ASSERT_TRUE(paused.wait());
+  // A's reply is read while the writer still holds the role: the reader leaves wbuf to it.
+  ASSERT_TRUE(eventually([&] { return a_done.load(); }, 5s));
+  // B is queued behind the busy writer, with no reply owed on the connection.
+  result b;
+  std::jthread caller([&] { b = client->execute({"GET", "a"}, 2s); });
+  ASSERT_TRUE(eventually([&] { return client->stats().commands == 3; }));
+  resume.open();
+  caller.join();
+  EXPECT_TRUE(b.error.ok()) << "the writer left B unsent: " << describe(b);
+  EXPECT_EQ(b.value.str, "1");
+}
+
 }  // namespace
 }  // namespace layercache::redis_detail
