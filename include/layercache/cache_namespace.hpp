@@ -4,7 +4,7 @@
 //   auto cart = tenant.get<cart_t>("cart", [&] { return db.load_cart(42); });
 //   tenant.rotate();  // every key of tenant:42 (and of its nested namespaces) is gone at once
 //
-// A view maps each key to the stack key "@ns:tenant:42#<generation>:cart" (docs/design.md,
+// A view maps each key to the stack key "@ns:9:tenant:42#<generation>:cart" (docs/design.md,
 // "Namespaces"). rotate() bumps the generation — kept in Redis and announced on the bus when the
 // stack has a coordinating Redis layer, local otherwise — so every instance stops seeing the old
 // keys at once, without scanning; the old entries expire on their own (L1 drops them right away).
@@ -35,31 +35,31 @@ class cache_namespace {
   // The path of this view: the names of its levels, outermost first, joined by '/'.
   const std::string& path() const noexcept { return node_->path; }
   // The stack key `key` maps to now (changes when the namespace rotates).
-  std::string key(std::string_view key) const { return node_->key(key); }
+  std::string key(std::string_view key) const { return node().key(key); }
 
   template <class T, class Fetcher>
   std::shared_ptr<const T> get(std::string_view key, Fetcher&& fetcher,
                                const get_options& options = {}) {
     if (options.tags.empty()) {
-      return stack_->get<T>(node_->key(key), std::forward<Fetcher>(fetcher), options);
+      return stack_->get<T>(node().key(key), std::forward<Fetcher>(fetcher), options);
     }
-    return stack_->get<T>(node_->key(key), std::forward<Fetcher>(fetcher), scoped(options));
+    return stack_->get<T>(node().key(key), std::forward<Fetcher>(fetcher), scoped(options));
   }
   template <class T>
   std::shared_ptr<const T> get_if_present(std::string_view key) {
-    return stack_->get_if_present<T>(node_->key(key));
+    return stack_->get_if_present<T>(node().key(key));
   }
   template <class T>
   status set(std::string_view key, T value, const set_options& options = {}) {
-    if (options.tags.empty()) return stack_->set<T>(node_->key(key), std::move(value), options);
-    return stack_->set<T>(node_->key(key), std::move(value), scoped(options));
+    if (options.tags.empty()) return stack_->set<T>(node().key(key), std::move(value), options);
+    return stack_->set<T>(node().key(key), std::move(value), scoped(options));
   }
   // get_many over the view: the fetcher receives the keys as the view knows them.
   template <class T, class BatchFetcher>
   std::vector<std::shared_ptr<const T>> get_many(std::span<const std::string> keys,
                                                  BatchFetcher&& fetcher,
                                                  const get_options& options = {}) {
-    const std::string prefix = node_->prefix();
+    const std::string prefix = node().prefix();
     std::vector<std::string> full;
     full.reserve(keys.size());
     for (const auto& k : keys) full.push_back(prefix + k);
@@ -71,24 +71,24 @@ class cache_namespace {
     };
     return stack_->get_many<T>(full, unscoped, options.tags.empty() ? options : scoped(options));
   }
-  status del(std::string_view key) { return stack_->del(node_->key(key)); }
+  status del(std::string_view key) { return stack_->del(node().key(key)); }
   status del_many(std::span<const std::string> keys) {
     std::vector<std::string> full;
     full.reserve(keys.size());
-    for (const auto& k : keys) full.push_back(node_->key(k));
+    for (const auto& k : keys) full.push_back(node().key(k));
     return stack_->del_many(full);
   }
-  bool has(std::string_view key) { return stack_->has(node_->key(key)); }
+  bool has(std::string_view key) { return stack_->has(node().key(key)); }
 
-  status invalidate_tag(std::string_view tag) { return stack_->invalidate_tag(node_->key(tag)); }
+  status invalidate_tag(std::string_view tag) { return stack_->invalidate_tag(node().key(tag)); }
   status invalidate_tags(std::span<const std::string> tags, tag_match match = tag_match::any) {
     std::vector<std::string> full;
     full.reserve(tags.size());
-    for (const auto& t : tags) full.push_back(node_->key(t));
+    for (const auto& t : tags) full.push_back(node().key(t));
     return stack_->invalidate_tags(full, match);
   }
   status invalidate_prefix(std::string_view prefix) {
-    return stack_->invalidate_prefix(node_->key(prefix));
+    return stack_->invalidate_prefix(node().key(prefix));
   }
 
   // Invalidates every key of this namespace and of the namespaces nested in it, in every layer and
@@ -103,10 +103,19 @@ class cache_namespace {
   cache_namespace(cache_stack* stack, std::shared_ptr<const detail::ns_node> node)
       : stack_(stack), node_(std::move(node)) {}
 
+  // The node, after a bounded attempt to replace a placeholder generation on its path by the real
+  // one (a single failed read must not split the namespace for good; costs one atomic load when
+  // there is none).
+  const detail::ns_node& node() const {
+    if (node_->placeholder_in_path()) [[unlikely]]
+      stack_->refresh_namespace(*node_);
+    return *node_;
+  }
+
   template <class Options>
   Options scoped(const Options& options) const {
     Options copy = options;
-    for (auto& t : copy.tags) t = node_->key(t);
+    for (auto& t : copy.tags) t = node().key(t);
     return copy;
   }
 

@@ -240,7 +240,8 @@ class cache_stack {
   // As invalidate_tag for several tags: keys with any of them, or only keys with all of them.
   status invalidate_tags(std::span<const std::string> tags, tag_match match = tag_match::any);
   // Removes every key that starts with `prefix`, everywhere (Redis: SCAN over the prefix; for
-  // invalidating a whole group often, prefer a namespace: rotate() does not scan).
+  // invalidating a whole group often, prefer a namespace: rotate() does not scan). An empty prefix
+  // throws invalid_argument_error (it would clear every instance; say clear() if that is meant).
   status invalidate_prefix(std::string_view prefix);
 
   // A scoped view whose keys and tags live under `name` (cache_namespace.hpp). Looks the
@@ -312,6 +313,7 @@ class cache_stack {
   cache_namespace make_namespace(std::shared_ptr<const detail::ns_node> parent,
                                  std::string_view name);
   status rotate_namespace(const detail::ns_node& node);
+  void refresh_namespace(const detail::ns_node& node);
 
   std::unique_ptr<impl> impl_;
   memory_layer* l1_ = nullptr;  // impl_->layers[0] when it is a memory layer

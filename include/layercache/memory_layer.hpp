@@ -120,6 +120,9 @@ class memory_layer final : public layer {
   // Removes every entry whose key starts with `prefix` (cause invalidated); returns how many.
   // Visits every shard: O(entries).
   std::size_t erase_prefix(std::string_view prefix);
+  // Shortens the lifetime of every entry that would outlive `until` (unix ms) to end then; returns
+  // how many. For the stack when it stops hearing about other instances' changes. O(entries).
+  std::size_t cap_lifetimes(unix_ms until);
   unix_ms now_ms() const noexcept;
   std::chrono::milliseconds ttl_cap() const noexcept;
 

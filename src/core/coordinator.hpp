@@ -39,6 +39,10 @@ class bus_listener {
   // Messages may have been lost (a sequence gap, or the subscription broke and came back): drop
   // whatever could be stale. `why` is for the event.
   virtual void on_lost(std::string_view why) = 0;
+  // The subscription is down (broken, or silent past its health check): until it is back, no
+  // change made elsewhere is heard. Entries already cached must not outlive the bound that new
+  // ones get (bus_down_l1_ttl).
+  virtual void on_down() = 0;
 };
 
 // The answer to a cold miss's first round trip.
@@ -113,8 +117,10 @@ class coordinator {
   // tag sets extended, mutations announced in one bus message.
   virtual coordinated_result write(std::span<const coordinated_write> writes) = 0;
 
-  // Removes every key carrying the tags (any or all) from the shared layer, drops the tag sets (or
-  // the matched members, for `all`), announces it; `keys` receives the removed keys.
+  // Removes (tombstones with `version`) every key carrying the tags (any or all) from the shared
+  // layer and removes those keys from the tag sets; a member whose value is newer than `version`
+  // (another host's clock ahead) survives and stays a member. Announces it; `keys` receives every
+  // matched key.
   virtual status invalidate_tags(std::span<const std::string> tags, bool all, std::uint64_t version,
                                  std::vector<std::string>& keys) = 0;
   // Removes every key starting with `prefix` from the shared layer and announces it.

@@ -1,6 +1,6 @@
 #include "core/single_flight.hpp"
 
-#include <algorithm>
+#include "core/tag_index.hpp"
 
 namespace layercache::detail {
 
@@ -46,17 +46,10 @@ void flight_table::tag(flight& f, std::span<const std::string> tags) {
 
 void flight_table::invalidate_tagged(std::span<const std::string> tags, bool all) {
   if (tags.empty()) return;
-  auto carries = [](const flight& f, const std::string& t) {
-    return std::find(f.tags.begin(), f.tags.end(), t) != f.tags.end();
-  };
   for (std::size_t i = 0; i < count_; ++i) {
     std::lock_guard lock(shards_[i].mu);
     for (auto& [key, f] : shards_[i].map) {
-      if (f->tags.empty()) continue;
-      const bool hit =
-          all ? std::all_of(tags.begin(), tags.end(), [&](const auto& t) { return carries(*f, t); })
-              : std::any_of(tags.begin(), tags.end(),
-                            [&](const auto& t) { return carries(*f, t); });
+      const bool hit = !f->tags.empty() && carries_tags(f->tags, tags, all);
       if (hit) f->invalidated = true;
     }
   }

@@ -59,6 +59,12 @@ struct cache_stack::impl::bus_sink final : detail::bus_listener {
     }
     m.move_generation(*node, generation, true);
   }
+  void on_down() override {
+    // New inserts get at most bus_down_l1_ttl from now on (l1_expiry); entries cached before the
+    // loss get the same bound, or a partitioned instance would serve them until their own expiry.
+    if (m.l1 != nullptr)
+      (void)m.l1->cap_lifetimes(m.clock->now_ms() + m.coord->bus_down_l1_ttl().count());
+  }
   void on_lost(std::string_view why) override {
     // Which keys were changed meanwhile is unknown: drop all of L1 (the shared layer is the
     // truth) and re-read the namespace generations. The disk layer is kept: its entries are

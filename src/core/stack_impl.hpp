@@ -110,7 +110,7 @@ struct lease_state {
 };
 
 inline constexpr std::size_t no_layer = static_cast<std::size_t>(-1);
-inline constexpr std::uint64_t unknown_generation = std::uint64_t{1} << 63;
+inline constexpr std::uint64_t unknown_generation = detail::ns_node::placeholder_bit;
 
 inline std::uint64_t version_of(std::string_view envelope) {
   detail::envelope_header h;
@@ -254,6 +254,8 @@ struct cache_stack::impl {
 
   // ---- namespaces --------------------------------------------------------------------------
   std::uint64_t placeholder_generation();
+  // How often a namespace on a placeholder generation asks Redis for the real one.
+  static constexpr std::chrono::milliseconds placeholder_retry{100};
 
   void reload_generations();
 

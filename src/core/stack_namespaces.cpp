@@ -8,7 +8,8 @@ namespace layercache {
 
 std::uint64_t cache_stack::impl::placeholder_generation() {
   // Redis could not say: a generation nobody else uses, so nothing stale is served meanwhile
-  // (only misses); replaced by the real one when the bus comes back (reload_generations).
+  // (only misses); replaced by the real one when the bus comes back (reload_generations) or when
+  // a use of the namespace finds Redis answering again (refresh_namespace).
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   return unknown_generation | (rng() >> 1);
 }
@@ -36,9 +37,32 @@ void cache_stack::impl::move_generation(detail::ns_node& node, std::uint64_t g, 
   if (l1 == nullptr) return;
   std::string prefix;
   if (node.parent) node.parent->append_prefix(prefix);
-  prefix.append("@ns:").append(node.name).push_back('#');
-  prefix.append(std::to_string(old)).push_back(':');
+  detail::ns_node::append_level(prefix, node.name, old);
   l1->erase_prefix(prefix);
+}
+
+void cache_stack::refresh_namespace(const detail::ns_node& node) {
+  impl& m = *impl_;
+  if (m.coord == nullptr) return;
+  for (const detail::ns_node* level = &node; level != nullptr; level = level->parent.get()) {
+    if ((level->generation->load(std::memory_order_acquire) & unknown_generation) == 0) continue;
+    // One attempt per level per interval, whoever asks: a dead Redis is not asked on every call.
+    const std::int64_t now = m.clock->now_ms();
+    std::int64_t due = level->retry_at_ms.load(std::memory_order_relaxed);
+    if (now < due || !level->retry_at_ms.compare_exchange_strong(
+                         due, now + impl::placeholder_retry.count(), std::memory_order_relaxed)) {
+      continue;
+    }
+    std::shared_ptr<detail::ns_node> registered;
+    {
+      std::lock_guard lock(m.ns_mu);
+      auto it = m.namespaces.find(level->path);
+      if (it == m.namespaces.end()) continue;
+      registered = it->second;
+    }
+    status error;
+    if (auto g = m.coord->generation(level->path, error)) m.move_generation(*registered, *g, true);
+  }
 }
 
 cache_namespace cache_stack::ns(std::string_view name) { return make_namespace(nullptr, name); }

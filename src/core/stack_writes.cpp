@@ -316,7 +316,26 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
   std::vector<std::string> keys = m.tags.take(tag_list, all);
   status result;
-  if (m.coord != nullptr) {
+  if (m.coord == nullptr) {
+    // No shared tag sets: the index knows only what L1 holds, so a tagged entry of a byte layer
+    // whose L1 copy was evicted, or that was written before a restart, is found by the tags its
+    // envelope carries. O(entries) per invalidation (docs/design.md, "Tags, prefixes and
+    // namespaces").
+    for (auto* b : m.bytes) {
+      status s = b->scan([&](std::string_view key, std::string_view bytes) {
+        detail::decoded_envelope env;
+        if (detail::decode_envelope(bytes, env).ok() &&
+            detail::carries_tags(env.tags, tag_list, all)) {
+          keys.emplace_back(key);
+        }
+        return true;
+      });
+      // A layer that cannot enumerate has nothing the index would miss but what it cannot show.
+      if (!s.ok() && s.code() != errc::invalid_argument) result.update(detail::attribute_to(*b, s));
+    }
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  } else {
     std::vector<std::string> removed;
     status s = m.coord->invalidate_tags(tag_list, all, version, removed);
     result.update(detail::attribute_to(*m.bytes[m.coord_at], s));
@@ -335,7 +354,11 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
 
 status cache_stack::invalidate_prefix(std::string_view prefix) {
   impl& m = *impl_;
-  if (prefix.empty()) return clear();
+  if (prefix.empty()) {
+    throw invalid_argument_error(
+        "layercache: invalidate_prefix(\"\") would remove every key of every instance; call "
+        "clear() for that");
+  }
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
   m.flights.invalidate_all();
   if (m.l1 != nullptr) m.l1->erase_prefix(prefix);

@@ -26,6 +26,16 @@
 
 namespace layercache::detail {
 
+// Whether an entry carrying `tags` matches an invalidation of `wanted`: any of them, or all.
+inline bool carries_tags(std::span<const std::string> tags, std::span<const std::string> wanted,
+                         bool all) {
+  auto has = [&](const std::string& t) {
+    return std::find(tags.begin(), tags.end(), t) != tags.end();
+  };
+  return all ? std::all_of(wanted.begin(), wanted.end(), has)
+             : std::any_of(wanted.begin(), wanted.end(), has);
+}
+
 class tag_index {
  public:
   using still_held = std::function<bool(const std::string& key)>;

@@ -421,6 +421,24 @@ std::size_t memory_layer::erase_prefix(std::string_view prefix) {
   return erased;
 }
 
+std::size_t memory_layer::cap_lifetimes(unix_ms until) {
+  impl& m = *impl_;
+  std::size_t capped = 0;
+  for (std::size_t i = 0; i < m.shard_count; ++i) {
+    shard& s = m.shards[i];
+    std::lock_guard lock(s.mu);
+    for (entry_node* head : s.buckets) {
+      for (entry_node* n = head; n != nullptr; n = n->hash_next) {
+        if (n->expires_at_ms == 0 || n->expires_at_ms > until) {
+          n->expires_at_ms = until;
+          ++capped;
+        }
+      }
+    }
+  }
+  return capped;
+}
+
 std::size_t memory_layer::size() const {
   std::size_t total = 0;
   for (std::size_t i = 0; i < impl_->shard_count; ++i) {

@@ -766,6 +766,8 @@ class redis_coordinator final : public detail::coordinator {
   void on_state(bool up) {
     if (!up) {
       had_loss_ = true;
+      std::lock_guard lock(listener_mu_);
+      for (auto* l : listeners_) l->on_down();
       return;
     }
     {

@@ -58,6 +58,7 @@ class counting_listener final : public detail::bus_listener {
   void on_clear(std::uint64_t) override { clears.fetch_add(1); }
   void on_rotate(std::string_view, std::uint64_t) override {}
   void on_lost(std::string_view) override { lost.fetch_add(1); }
+  void on_down() override {}
 
   std::atomic<int> clears{0};
   std::atomic<int> lost{0};

@@ -202,5 +202,30 @@ TEST(CallbackReentryTest, OnRemoveMayCallTheCacheForAKeyOfTheSameFlightShard) {
   delete cache;
 }
 
+// Defect 8: without a shared layer, invalidate_tag found only keys the in-memory tag index held —
+// not a tagged entry of a byte layer whose L1 copy was evicted, nor one written before a restart.
+TEST(TagInvalidationTest, ATaggedEntryOnlyAByteLayerHoldsIsInvalidatedWithoutRedis) {
+  auto bytes = test_byte_layer::create({});
+  {
+    auto l1 = memory_layer::create({});
+    cache_stack cache({l1, bytes});
+    ASSERT_TRUE(cache.set<std::string>("evicted", "1", {.tags = {"t"}}).ok());
+    ASSERT_TRUE(cache.set<std::string>("other", "2", {.tags = {"u"}}).ok());
+    ASSERT_TRUE(cache.flush());
+    l1->erase("evicted", detail::hash_key("evicted"), removal_cause::evicted);
+    ASSERT_TRUE(cache.invalidate_tag("t").ok());
+    ASSERT_TRUE(cache.flush());
+    EXPECT_EQ(cache.get_if_present<std::string>("evicted"), nullptr);
+    EXPECT_FALSE(bytes->stored("evicted").has_value());
+    ASSERT_TRUE(cache.set<std::string>("before-restart", "3", {.tags = {"t"}}).ok());
+  }
+  cache_stack restarted({memory_layer::create({}), bytes});  // an empty tag index
+  ASSERT_TRUE(restarted.invalidate_tag("t").ok());
+  ASSERT_TRUE(restarted.flush());
+  EXPECT_EQ(restarted.get_if_present<std::string>("before-restart"), nullptr);
+  EXPECT_FALSE(bytes->stored("before-restart").has_value());
+  EXPECT_NE(restarted.get_if_present<std::string>("other"), nullptr) << "another tag's entry";
+}
+
 }  // namespace
 }  // namespace layercache::test

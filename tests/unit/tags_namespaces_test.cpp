@@ -77,10 +77,26 @@ TEST(NamespaceTest, KeysAreScopedAndNestedViewsShareTheirParentsGeneration) {
   EXPECT_EQ(*a.get_if_present<std::string>("k"), "a");
   EXPECT_EQ(*b.get_if_present<std::string>("k"), "b");
   EXPECT_EQ(read(cache, "k"), "<absent>");
-  EXPECT_EQ(a.key("k"), "@ns:tenant:1#0:k");
-  EXPECT_EQ(a.ns("carts").key("c"), "@ns:tenant:1#0:@ns:carts#0:c");
+  EXPECT_EQ(a.key("k"), "@ns:8:tenant:1#0:k");
+  EXPECT_EQ(a.ns("carts").key("c"), "@ns:8:tenant:1#0:@ns:5:carts#0:c");
   EXPECT_EQ(a.path(), "tenant:1");
   EXPECT_EQ(a.ns("carts").path(), "tenant:1/carts");
+}
+
+// Defect 14: "@ns:t#0:" + "x#0:k" and "@ns:t#0:x#0:" + "k" were one stack key.
+TEST(NamespaceTest, NoNamespaceNameAndKeyBuildTheSameStackKeyAsAnother) {
+  cache_stack cache({memory_layer::create({})});
+  cache_namespace t = cache.ns("t"), odd = cache.ns("t#0:x");
+  ASSERT_TRUE(t.set<std::string>("x#0:k", "in t").ok());
+  EXPECT_NE(t.key("x#0:k"), odd.key("k"));
+  EXPECT_EQ(odd.get_if_present<std::string>("k"), nullptr);
+}
+
+TEST(PrefixInvalidationTest, AnEmptyPrefixIsRefusedNotAClear) {
+  cache_stack cache({memory_layer::create({})});
+  ASSERT_TRUE(cache.set<std::string>("k", "v").ok());
+  EXPECT_THROW((void)cache.invalidate_prefix(""), invalid_argument_error);
+  EXPECT_NE(cache.get_if_present<std::string>("k"), nullptr);
 }
 
 TEST(NamespaceTest, RotateDropsEveryKeyOfTheNamespaceAndItsChildrenOnly) {
@@ -97,7 +113,7 @@ TEST(NamespaceTest, RotateDropsEveryKeyOfTheNamespaceAndItsChildrenOnly) {
   EXPECT_EQ(nested.get_if_present<std::string>("k"), nullptr);
   EXPECT_EQ(*other.get_if_present<std::string>("k"), "3");
   EXPECT_EQ(read(cache, old_key), "<absent>") << "the old generation stayed in L1";
-  EXPECT_EQ(a.key("k"), "@ns:a#1:k");
+  EXPECT_EQ(a.key("k"), "@ns:1:a#1:k");
 }
 
 TEST(NamespaceTest, TagsAndPrefixesAreScopedToTheView) {
