@@ -20,10 +20,10 @@
 // fingerprint of that name (a 64-bit FNV-1a hash of it, docs/format.md); a reader whose type has
 // another name, or whose codec no longer decodes the payload (say a new field the stored value
 // lacks), treats the entry as a miss: it is counted (metrics_snapshot::schema_misses), reported
-// (event_type::schema_mismatch), fetched again and overwritten. So during a rolling deploy old and
-// new builds each see misses for the other's values, never an exception or a wrong value. Give a
-// type a name of your own, so that renaming it, moving it to another namespace or building with
-// another compiler keeps its cached values readable:
+// (event_type::schema_mismatch), fetched again and overwritten. So a rolling deploy costs misses
+// where the old and the new build disagree, never an exception. Give a type a name of your own,
+// so that renaming it, moving it to another namespace or building with another compiler keeps its
+// cached values readable:
 //     struct user {                       // renamed from user_record: cached values still hit
 //       static constexpr std::string_view layercache_type_name = "user";
 //       std::string name;
@@ -35,8 +35,10 @@
 //     };
 // Change the name (e.g. "user.v2") when the new layout must not be read from old entries even
 // where the codec would accept them. Without a name the compiler's type name is used, which
-// changes with a rename and may differ between compilers. Within one process a key read as
-// another type than L1 holds still throws type_mismatch_error: that is misuse, not a deploy.
+// changes with a rename and may differ between compilers. A name must belong to one type only: two
+// types sharing one read each other's entries wherever the codec accepts the bytes. Within one
+// process a key read as another type than L1 holds still throws type_mismatch_error: that is
+// misuse, not a deploy.
 //
 // `weigher<T>` says how many bytes a value holds, for memory_layer_options::max_bytes. The default
 // counts sizeof(T) plus the heap buffer of std::string and the element storage of containers with
