@@ -24,7 +24,8 @@
 // Errors: infrastructure trouble in a layer (Redis down, corrupt bytes) never throws from a read:
 // the layer is skipped, counted in metrics() and reported to stack_options::on_event. Misuse
 // throws: invalid_argument_error (empty or too long key, invalid options, a fetcher re-entering get
-// for the key it is fetching), type_mismatch_error (a key read as another type than it holds),
+// for the key it is fetching), type_mismatch_error (a key read as another type than L1 holds; in
+// a byte layer that is another build's value: a miss, codec.hpp "type_name"),
 // wait_timeout_error (wait_deadline passed while waiting for another caller's fetch).
 // Mutations return a status naming the layers that failed.
 //

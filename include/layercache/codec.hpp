@@ -10,12 +10,35 @@
 //   * your own: specialise codec<T> with
 //         static void encode(const T& value, std::string& out);   // append bytes to out
 //         static T decode(std::string_view bytes);                 // throw on malformed input
-//     (protobuf, flatbuffers, ...). Optionally `static constexpr std::string_view type_name =
-//     "..."`: a stable name recorded in the envelope so a key read as the wrong type is detected
-//     across processes (default: the compiler's type name).
+//     (protobuf, flatbuffers, ...). A codec may also declare the type's name
+//     (`static constexpr std::string_view type_name = "...";`); `type_name<T>` below wins over it.
 // A type with no codec fails to compile at the get/set call with a message naming the fix.
 // Memory-only stacks never call the codec, but still require one: a value must be able to move to a
 // byte layer when one is added to the stack.
+//
+// `type_name<T>` names the type in Redis and on disk. The envelope of every stored value records a
+// fingerprint of that name (a 64-bit FNV-1a hash of it, docs/format.md); a reader whose type has
+// another name, or whose codec no longer decodes the payload (say a new field the stored value
+// lacks), treats the entry as a miss: it is counted (metrics_snapshot::schema_misses), reported
+// (event_type::schema_mismatch), fetched again and overwritten. So a rolling deploy costs misses
+// where the old and the new build disagree, never an exception. Give a type a name of your own,
+// so that renaming it, moving it to another namespace or building with another compiler keeps its
+// cached values readable:
+//     struct user {                       // renamed from user_record: cached values still hit
+//       static constexpr std::string_view layercache_type_name = "user";
+//       std::string name;
+//       int age = 0;
+//     };
+// or, for a type you cannot edit, specialise the trait (at namespace scope):
+//     template <> struct layercache::type_name<vendor::order> {
+//       static constexpr std::string_view value = "order.v1";
+//     };
+// Change the name (e.g. "user.v2") when the new layout must not be read from old entries even
+// where the codec would accept them. Without a name the compiler's type name is used, which
+// changes with a rename and may differ between compilers. A name must belong to one type only: two
+// types sharing one read each other's entries wherever the codec accepts the bytes. Within one
+// process a key read as another type than L1 holds still throws type_mismatch_error: that is
+// misuse, not a deploy.
 //
 // `weigher<T>` says how many bytes a value holds, for memory_layer_options::max_bytes. The default
 // counts sizeof(T) plus the heap buffer of std::string and the element storage of containers with
@@ -27,6 +50,7 @@
 // Thread-safety: codecs and weighers must be stateless (called concurrently).
 #pragma once
 
+#include <concepts>
 #include <cstddef>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -37,6 +61,19 @@
 #include "layercache/detail/envelope.hpp"
 
 namespace layercache {
+
+// The stable name of T in byte layers (see above). Primary template: none given, unless T has a
+// static member `layercache_type_name`.
+template <class T>
+struct type_name {};
+
+template <class T>
+requires requires {
+  { T::layercache_type_name } -> std::convertible_to<std::string_view>;
+}
+struct type_name<T> {
+  static constexpr std::string_view value = T::layercache_type_name;
+};
 
 // Primary template: no codec. The members exist only so the readable static_assert in
 // cache_stack fires instead of a wall of template errors.

@@ -5,9 +5,11 @@
 // is wrong, or when the caller asked for a bounded wait that ran out:
 //
 //   invalid_argument_error  empty key, key longer than stack_options::max_key_bytes, invalid
-//   options type_mismatch_error     get<A>(k) where k holds a value cached as type B
+//                           options
+//   type_mismatch_error     get<A>(k) where L1 holds k as type B (in a byte layer a value of
+//                           another type is another build's: a miss, see codec.hpp)
 //   wait_timeout_error      get_options::wait_deadline passed while waiting on another caller's
-//   fetch
+//                           fetch
 //
 // Thread-safety: exception objects are immutable after construction.
 #pragma once

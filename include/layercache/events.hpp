@@ -22,7 +22,7 @@ namespace layercache {
 enum class event_type : unsigned char {
   fetch_error,        // a fetcher threw; detail says what (the exception reached every waiter)
   layer_error,        // a layer failed a read or write; the operation went on without it
-  corruption,         // a layer held bytes that failed to decode; the entry was removed
+  corruption,         // a layer held bytes that are no valid envelope; the entry was removed
   wait_timeout,       // a caller gave up waiting for another caller's fetch
   stale_fill,         // a fetched value was not stored: an invalidation arrived during the fetch
   breaker_open,       // a remote layer failed repeatedly and is skipped for a while
@@ -31,6 +31,8 @@ enum class event_type : unsigned char {
   coordination_degraded,  // Redis could not coordinate a miss: single-flight fell back to the
                           // process
   bus_resync,             // invalidations from other instances may have been lost: L1 was dropped
+  schema_mismatch,        // a byte layer held a valid entry of another type or schema (another
+                          // build's, codec.hpp): a miss; the entry is left to be overwritten
 };
 
 std::string_view to_string(event_type type) noexcept;

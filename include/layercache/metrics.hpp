@@ -51,6 +51,10 @@ struct metrics_snapshot {
   std::uint64_t negative_hits = 0;   // hits on a cached "not found"
   std::uint64_t stale_fills = 0;     // fetched values not stored because an invalidation raced them
   std::uint64_t pending_writes = 0;  // background byte-layer writes queued now
+  // Entries read from a byte layer that held another type or schema (a rolling deploy, codec.hpp):
+  // each is also a miss of its layer. One per entry read: a get may read one twice (Redis answers
+  // a cold miss's lease request with the entry, and is asked once more).
+  std::uint64_t schema_misses = 0;
   // Distributed coherence (a coordinating Redis layer in the stack):
   std::uint64_t lease_grants = 0;     // cold misses this instance fetched under a lease
   std::uint64_t lease_waits = 0;      // cold misses that waited for another instance's fetch

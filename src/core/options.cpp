@@ -26,6 +26,8 @@ std::string_view to_string(event_type type) noexcept {
       return "coordination_degraded";
     case event_type::bus_resync:
       return "bus_resync";
+    case event_type::schema_mismatch:
+      return "schema_mismatch";
   }
   return "unknown";
 }

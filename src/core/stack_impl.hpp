@@ -154,6 +154,7 @@ struct cache_stack::impl {
       negative_hits{0}, stale_fills{0};
   std::atomic<std::uint64_t> lease_grants{0}, lease_waits{0}, lease_takeovers{0},
       coordination_fallbacks{0}, cas_rejections{0}, bus_received{0}, bus_resyncs{0};
+  std::atomic<std::uint64_t> schema_misses{0};  // entries of another type or schema (take())
 
   // Distributed coherence (coordinator.hpp): the coordinating byte layer, if any.
   detail::coordinator* coord = nullptr;
@@ -301,7 +302,8 @@ struct cache_stack::impl {
   }
 
   // Reads `key` from byte layer i. Returns the entry when live and decodable; anything else is a
-  // miss (counted and reported). Throws type_mismatch_error when the entry holds another type.
+  // miss (counted and reported): bytes that are no valid envelope are deleted (corruption), a
+  // valid envelope of another type or schema is left for the fetched value to overwrite.
   std::optional<found_entry> take(std::size_t i, std::string_view key, byte_read&& r,
                                   const detail::type_ops& ops, unix_ms now);
 

@@ -1,6 +1,8 @@
 // stack_reads.cpp — the read paths of cache_stack: get (L1, single-flight, byte layers, the lease
 // of a cold miss, the fetch), get_if_present, has and get_many. See stack_impl.hpp for the
 // concurrency rules shared with the other parts.
+#include <cstdio>
+
 #include "core/stack_impl.hpp"
 
 namespace layercache {
@@ -21,39 +23,62 @@ std::optional<found_entry> cache_stack::impl::take(std::size_t i, std::string_vi
     return std::nullopt;
   }
   detail::decoded_envelope env;
-  status decoded = detail::decode_envelope(*r.bytes, env);
-  std::shared_ptr<const void> value;
-  if (decoded.ok() && env.header.fresh_until_ms <= now) {
-    st.expirations.fetch_add(1, std::memory_order_relaxed);
-    st.misses.fetch_add(1, std::memory_order_relaxed);
-    return std::nullopt;
-  }
-  // The type check comes before the codec check: a value of another type usually has another
-  // codec too, and it is misuse to report, not corruption to delete.
-  if (decoded.ok() && env.header.type_fingerprint != 0 &&
-      env.header.type_fingerprint != ops.fingerprint) {
-    throw type_mismatch_error("layercache: key '" + std::string(key) + "' in layer " + name +
-                              " holds a value of another type than " + ops.name);
-  }
-  if (decoded.ok() && env.header.codec != ops.codec && !env.header.negative) {
-    decoded = status(errc::corruption, "envelope codec does not match the codec of the type");
-  }
-  if (decoded.ok() && !env.header.negative) {
-    try {
-      value = ops.decode(env.payload);
-    } catch (const std::exception& e) {
-      decoded = status(errc::corruption, std::string("payload does not decode: ") + e.what());
-    } catch (...) {
-      decoded = status(errc::corruption, "payload does not decode");
-    }
-  }
+  const status decoded = detail::decode_envelope(*r.bytes, env);
   if (!decoded.ok()) {
     st.errors.fetch_add(1, std::memory_order_relaxed);
     st.misses.fetch_add(1, std::memory_order_relaxed);
     emit(event_type::corruption, name, key,
          status::layer_error(name, decoded.code(), decoded.message()));
-    // Corrupt bytes would fail the same way for every reader: remove them.
+    // Bytes that are no envelope (checksum, structure) fail the same way for every reader: remove
+    // them.
     (void)bytes[i]->del(key);
+    return std::nullopt;
+  }
+  if (env.header.fresh_until_ms <= now) {
+    st.expirations.fetch_add(1, std::memory_order_relaxed);
+    st.misses.fetch_add(1, std::memory_order_relaxed);
+    return std::nullopt;
+  }
+  // A valid envelope this reader cannot use was written by another build of the application (a
+  // rolling deploy: the type renamed without a type_name, another codec, a field added): a miss,
+  // and the fetched value overwrites it. Not corruption: deleting it would have the old and the
+  // new build delete each other's values. Not misuse either: type_mismatch_error is for L1, where
+  // both types live in this process. A "not found" has a type too, so it is checked the same way.
+  std::shared_ptr<const void> value;
+  bool usable = true;
+  std::string why;
+  if (env.header.type_fingerprint != 0 && env.header.type_fingerprint != ops.fingerprint) {
+    auto fingerprint_hex = [](std::uint64_t f) {
+      char out[19];
+      std::snprintf(out, sizeof out, "0x%016llx", static_cast<unsigned long long>(f));
+      return std::string(out);
+    };
+    usable = false;
+    why = "holds a value of another type (fingerprint " +
+          fingerprint_hex(env.header.type_fingerprint) + ") than " + ops.name + " (" +
+          fingerprint_hex(ops.fingerprint) + ")";
+  } else if (!env.header.negative && env.header.codec != ops.codec) {
+    usable = false;
+    why = "holds a value of codec " + std::to_string(static_cast<int>(env.header.codec)) +
+          ", the codec of " + ops.name + " is " + std::to_string(static_cast<int>(ops.codec));
+  } else if (!env.header.negative) {
+    try {
+      value = ops.decode(env.payload);
+    } catch (const std::exception& e) {
+      usable = false;
+      why = std::string("holds a payload that does not decode as ") + ops.name + ": " + e.what();
+    } catch (...) {
+      usable = false;
+      why = std::string("holds a payload that does not decode as ") + ops.name;
+    }
+  }
+  if (!usable) {
+    st.misses.fetch_add(1, std::memory_order_relaxed);
+    schema_misses.fetch_add(1, std::memory_order_relaxed);
+    // The fill that replaces it must not carry an older version (Redis keeps the newest).
+    versions.observe(env.header.version);
+    emit(event_type::schema_mismatch, name, key,
+         status::layer_error(name, errc::type_mismatch, "key '" + std::string(key) + "' " + why));
     return std::nullopt;
   }
   st.hits.fetch_add(1, std::memory_order_relaxed);

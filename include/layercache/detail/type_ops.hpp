@@ -14,14 +14,15 @@ namespace layercache::detail {
 
 struct type_ops {
   const std::type_info* type;
-  std::uint64_t fingerprint;  // stable across processes built from the same code
+  // type_fingerprint<T>(): equal in every build that gives T the same type_name (codec.hpp).
+  std::uint64_t fingerprint;
   codec_id codec;
   // Decodes a payload into a new immutable object; throws on malformed bytes.
   std::shared_ptr<const void> (*decode)(std::string_view payload);
   // Appends the encoded object to out.
   void (*encode)(const void* object, std::string& out);
   std::size_t (*weigh)(const void* object);
-  const char* name;  // for error messages
+  const char* name;  // the compiler's name of T, for error messages
 };
 
 constexpr std::uint64_t fnv1a64(std::string_view s) noexcept {
@@ -33,13 +34,29 @@ constexpr std::uint64_t fnv1a64(std::string_view s) noexcept {
   return h;
 }
 
+// The name T is stored under: type_name<T> (or T::layercache_type_name), else the codec's
+// type_name, else the compiler's name for T (which differs between compilers and changes with a
+// rename: codec.hpp says how to give a type its own).
 template <class T>
 std::string_view type_name_of() {
-  if constexpr (requires { codec<T>::type_name; }) {
+  if constexpr (requires { type_name<T>::value; }) {
+    static_assert(!std::string_view(type_name<T>::value).empty(),
+                  "layercache::type_name<T>::value must not be empty");
+    return type_name<T>::value;
+  } else if constexpr (requires { codec<T>::type_name; }) {
+    static_assert(!std::string_view(codec<T>::type_name).empty(),
+                  "layercache::codec<T>::type_name must not be empty");
     return codec<T>::type_name;
   } else {
     return typeid(T).name();
   }
+}
+
+// The fingerprint recorded in the envelope (docs/format.md): FNV-1a 64 of type_name_of<T>(). For
+// a named type it depends on the name alone, never on the compiler or the build.
+template <class T>
+std::uint64_t type_fingerprint() {
+  return fnv1a64(type_name_of<T>());
 }
 
 template <class T>
@@ -56,7 +73,7 @@ requires has_codec<T>  // without a codec, only cache_stack's readable static_as
 const type_ops& ops_of() {
   static const type_ops ops{
       &typeid(T),
-      fnv1a64(type_name_of<T>()),
+      type_fingerprint<T>(),
       codec_id_of<T>(),
       [](std::string_view payload) -> std::shared_ptr<const void> {
         return std::make_shared<const T>(codec<T>::decode(payload));
