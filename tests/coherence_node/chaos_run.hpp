@@ -324,6 +324,10 @@ inline std::string describe(const chaos_result& r, const chaos_options& o) {
   for (const auto& [k, n] : r.settle_ms) s << " " << k << "=" << n;
   s << " (clock_skew: writes within " << o.skew.count()
     << " ms of a write in a skew window count as concurrent)";
+  if (!r.report.by_context.empty()) {
+    s << "\nby sort/read kind/faults in effect:";
+    for (const auto& [k, n] : r.report.by_context) s << " " << k << "=" << n;
+  }
   for (const auto& line : r.node_summaries) s << "\n" << line;
   for (const auto& e : r.report.examples) s << "\n  " << e;
   return s.str();

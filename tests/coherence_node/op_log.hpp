@@ -247,6 +247,10 @@ struct check_report {
   std::size_t ryw_violations = 0;     // a thread not seeing its own mutation
   std::int64_t max_staleness_ns = 0;  // see the header
   std::vector<std::string> examples;  // the first violations of each sort, described
+  // Every counted failure by "<sort>/<read kind>/<faults>": sort violation, resurrection or ryw;
+  // faults the kinds of the fault windows (with their settle time) overlapping the interval from
+  // the superseding write's acknowledgement (ryw: its start) to the read, joined by '+', or "none".
+  std::map<std::string, std::size_t> by_context;
 };
 
 namespace detail {
@@ -314,6 +318,24 @@ class checker {
   void violation(std::string what) {
     ++report_.violations;
     example(violation_examples_, "violation: " + std::move(what));
+  }
+  // The fault kinds in effect at some point of [from, to] (see check_report::by_context).
+  std::string faults_during(std::int64_t from, std::int64_t to) const {
+    std::vector<std::string> kinds;
+    for (const auto& f : config_.faults) {
+      const std::int64_t until = f.end_ns + std::max(f.settle_ns, f.skew_ns);
+      if (f.start_ns > to || until < from) continue;
+      const std::string k = to_string(f.kind);
+      if (std::find(kinds.begin(), kinds.end(), k) == kinds.end()) kinds.push_back(k);
+    }
+    if (kinds.empty()) return "none";
+    std::sort(kinds.begin(), kinds.end());
+    std::string out = kinds[0];
+    for (std::size_t i = 1; i < kinds.size(); ++i) out += "+" + kinds[i];
+    return out;
+  }
+  void attribute(const char* sort, const op& r, std::int64_t from) {
+    ++report_.by_context[std::string(sort) + "/" + r.kind + "/" + faults_during(from, r.end_ns)];
   }
 
   void index_writes() {
@@ -412,7 +434,9 @@ class checker {
                              ", superseded by " + describe(*st.newer) + " acknowledged " +
                              std::to_string((r.start_ns - st.newer->end_ns) / 1'000'000) +
                              " ms before the read started";
+    attribute("violation", r, st.newer->end_ns);
     if (st.by_removal) {
+      attribute("resurrection", r, st.newer->end_ns);
       ++report_.resurrections;
       example(resurrection_examples_, "resurrection: " + what);
     }
@@ -510,11 +534,13 @@ class checker {
       }
     }
     ++report_.ryw_violations;
+    attribute("ryw", r, own.start_ns);
     example(ryw_examples_, "read-your-writes: " + describe(r) + " after its own " + describe(own));
   }
 
   void ryw_violation(const op& r, const op& x, const op& own) {
     ++report_.ryw_violations;
+    attribute("ryw", r, own.start_ns);
     example(ryw_examples_, "read-your-writes: " + describe(r) + " returned the value of " +
                                describe(x) + ", older than its own " + describe(own));
   }

@@ -45,6 +45,29 @@ TEST(CoherenceCheckerTest, CountsAStaleReadAResurrectionAndAReadYourWritesViolat
   EXPECT_EQ(r.superseded_reads, 3u);
   EXPECT_EQ(r.max_staleness_ns, 170);
   EXPECT_EQ(r.examples.size(), 4u);  // 2 violations, 1 resurrection, 1 read-your-writes
+  EXPECT_EQ(r.by_context.at("violation/G/none"), 1u);
+  EXPECT_EQ(r.by_context.at("violation/P/none"), 1u);
+  EXPECT_EQ(r.by_context.at("resurrection/P/none"), 1u);
+  EXPECT_EQ(r.by_context.at("ryw/G/none"), 1u);
+}
+
+TEST(CoherenceCheckerTest, AttributesAFailureToTheFaultsInEffectBetweenTheWriteAndTheRead) {
+  const fault_window bus{
+      .kind = fault_kind::bus_kill, .node = "", .start_ns = 15, .end_ns = 15, .settle_ns = 5};
+  const fault_window skew{.kind = fault_kind::clock_skew,
+                          .node = "C",
+                          .start_ns = 1000,
+                          .end_ns = 2000,
+                          .skew_ns = 300};
+  // Own set at 25..30, stale own read at 31: the bus kill (15 + settle 5) ended before the set;
+  // own set at 1100 inside the skew window (1000..2000 + 300), its stale own read at 1150.
+  const check_report r =
+      check({by('S', "k0", "a", 0, 10, "B"), by('S', "k0", "b", 25, 30, "A"),
+             by('G', "k0", "a", 31, 32, "A"), by('S', "k1", "c", 0, 10, "B"),
+             by('S', "k1", "d", 1100, 1101, "A"), by('M', "k1", "c", 1150, 1151, "A")},
+            {bus, skew});
+  EXPECT_EQ(r.by_context.at("ryw/G/none"), 1u);
+  EXPECT_EQ(r.by_context.at("ryw/M/clock_skew"), 1u);
 }
 
 TEST(CoherenceCheckerTest, AReadWithinTheBoundOrOfAConcurrentWriteIsNoViolation) {
