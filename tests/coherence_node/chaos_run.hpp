@@ -105,6 +105,7 @@ struct chaos_result {
   check_report report;
   std::vector<std::string> node_summaries;  // per node: its "ops=" and "metrics" lines
   std::vector<std::string> node_outputs;    // per node: everything it printed
+  std::vector<std::string> slowest_ops;     // the longest operations (a stall shows here)
 };
 
 namespace chaos_detail {
@@ -291,6 +292,10 @@ inline chaos_result run_chaos(const chaos_options& o) {
       collect_outputs();
       return out;
     }
+    say("node " + std::to_string(i) + " finished at_ms=" +
+        std::to_string(
+            std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - t_go)
+                .count()));
     out.node_summaries.push_back(
         "node " + std::to_string(i) + ": " +
         chaos_detail::line_of(p.output(), "ops=").value_or("(no ops line)") + " " +
@@ -306,6 +311,23 @@ inline chaos_result run_chaos(const chaos_options& o) {
   }
   collect_outputs();
   out.ops = ops.size();
+  {
+    std::vector<const op*> by_length;
+    for (const auto& x : ops) by_length.push_back(&x);
+    const std::size_t n = std::min<std::size_t>(5, by_length.size());
+    std::partial_sort(
+        by_length.begin(), by_length.begin() + static_cast<std::ptrdiff_t>(n), by_length.end(),
+        [](const op* a, const op* b) { return a->end_ns - a->start_ns > b->end_ns - b->start_ns; });
+    const std::int64_t go_ns = mono_ns() - std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::steady_clock::now() - t_go)
+                                               .count();
+    for (std::size_t i = 0; i < n; ++i) {
+      const op& x = *by_length[i];
+      out.slowest_ops.push_back(format(x) + " (" +
+                                std::to_string((x.end_ns - x.start_ns) / 1'000'000) + " ms, from " +
+                                std::to_string((x.start_ns - go_ns) / 1'000'000) + " ms)");
+    }
+  }
   out.report = check_history(ops, check_config{.bound_ns = ns_of(o.bound), .faults = out.windows});
   return out;
 }
@@ -329,6 +351,7 @@ inline std::string describe(const chaos_result& r, const chaos_options& o) {
     for (const auto& [k, n] : r.report.by_context) s << " " << k << "=" << n;
   }
   for (const auto& line : r.node_summaries) s << "\n" << line;
+  for (const auto& line : r.slowest_ops) s << "\n  slow: " << line;
   for (const auto& e : r.report.examples) s << "\n  " << e;
   return s.str();
 }

@@ -52,6 +52,11 @@
 // driver states settle per kind; chaos_run.hpp derives it from docs/design.md). Other pairs keep
 // the plain bound, so a fault on one node does not excuse stale reads between two others.
 //
+// A fetch (F) made while a window concerning its node was open (until end + settle) supersedes
+// nothing: a fill is a cached read, not an acknowledged write, and one that could not reach Redis
+// may be dropped. Outside fault windows fills land in Redis and are announced like writes, so
+// there they supersede as before.
+//
 // Clock skew. A clock_skew window [start, end] with skew_ns S says one node's clock was off by S
 // during it. Versions order writes by real time only within the skew across hosts (design.md,
 // "Versioned values"), and hybrid-logical-clock versions issued while a clock ran ahead stay ahead
@@ -89,25 +94,29 @@ inline std::int64_t mono_ns() noexcept {
 
 inline constexpr int key_count = 8;     // plain keys k0..k7
 inline constexpr int ns_key_count = 4;  // k8..k11, in the namespace "space" (full mix)
-inline constexpr int all_key_count = key_count + ns_key_count;
+inline constexpr int cold_key = key_count + ns_key_count;  // "c0" (full mix), see the header
+inline constexpr int all_key_count = cold_key + 1;
 inline constexpr const char* ns_name = "space";
 
-inline std::string key_name(int i) { return "k" + std::to_string(i); }
-inline bool in_namespace(int i) { return i >= key_count; }
-// The index of key "k<i>", or -1.
+inline std::string key_name(int i) { return i == cold_key ? "c0" : "k" + std::to_string(i); }
+inline bool in_namespace(int i) { return i >= key_count && i < cold_key; }
+// The index of key "k<i>" (or "c0"), or -1.
 inline int key_index(std::string_view key) {
+  if (key == "c0") return cold_key;
   if (key.size() < 2 || key[0] != 'k') return -1;
   int i = 0;
   for (char c : key.substr(1)) {
     if (c < '0' || c > '9') return -1;
     i = i * 10 + (c - '0');
   }
-  return i < all_key_count ? i : -1;
+  return i < cold_key ? i : -1;
 }
 
-// Tags of key i: "t0"/"t1" by parity, "u0".."u2" by i % 3; namespace keys carry none.
+// Tags of key i: "t0"/"t1" by parity, "u0".."u2" by i % 3; namespace keys carry none; the cold key
+// carries "c0", which no invalidation names (all_tags()).
 inline std::vector<std::string> tags_of(int i) {
   if (in_namespace(i)) return {};
+  if (i == cold_key) return {"c0"};
   return {"t" + std::to_string(i % 2), "u" + std::to_string(i % 3)};
 }
 inline const std::vector<std::string>& all_tags() {
@@ -248,8 +257,9 @@ struct check_report {
   std::int64_t max_staleness_ns = 0;  // see the header
   std::vector<std::string> examples;  // the first violations of each sort, described
   // Every counted failure by "<sort>/<read kind>/<faults>": sort violation, resurrection or ryw;
-  // faults the kinds of the fault windows (with their settle time) overlapping the interval from
-  // the superseding write's acknowledgement (ryw: its start) to the read, joined by '+', or "none".
+  // faults the kinds of the fault windows (start to end, settle not included) running while the
+  // write the read missed should have propagated — [start, end + bound] of the superseding write
+  // (ryw: from the thread's own mutation to the read) — joined by '+', or "none".
   std::map<std::string, std::size_t> by_context;
 };
 
@@ -323,8 +333,7 @@ class checker {
   std::string faults_during(std::int64_t from, std::int64_t to) const {
     std::vector<std::string> kinds;
     for (const auto& f : config_.faults) {
-      const std::int64_t until = f.end_ns + std::max(f.settle_ns, f.skew_ns);
-      if (f.start_ns > to || until < from) continue;
+      if (f.start_ns > to || f.end_ns < from) continue;
       const std::string k = to_string(f.kind);
       if (std::find(kinds.begin(), kinds.end(), k) == kinds.end()) kinds.push_back(k);
     }
@@ -334,8 +343,8 @@ class checker {
     for (std::size_t i = 1; i < kinds.size(); ++i) out += "+" + kinds[i];
     return out;
   }
-  void attribute(const char* sort, const op& r, std::int64_t from) {
-    ++report_.by_context[std::string(sort) + "/" + r.kind + "/" + faults_during(from, r.end_ns)];
+  void attribute(const char* sort, const op& r, std::int64_t from, std::int64_t to) {
+    ++report_.by_context[std::string(sort) + "/" + r.kind + "/" + faults_during(from, to)];
   }
 
   void index_writes() {
@@ -357,7 +366,7 @@ class checker {
     auto add = [&](const op& o) {
       auto& kw = writes_[o.subject];
       ++report_.writes;
-      if (o.ok) kw.by_start.push_back(&o);
+      if (o.ok && !(o.kind == 'F' && fill_may_be_lost(o))) kw.by_start.push_back(&o);
       if (o.kind == 'S' || o.kind == 'F') kw.producers.push_back(&o);
     };
     for (const auto& o : ops_) {
@@ -374,6 +383,17 @@ class checker {
       std::sort(kw.by_start.begin(), kw.by_start.end(), by_start);
       std::sort(kw.producers.begin(), kw.producers.end(), by_start);
     }
+  }
+
+  // A fill made while a fault cut its node off from Redis may never get there: it is a cached
+  // read, not a write anyone acknowledged, and losing it is allowed (a cache may forget). Such a
+  // fill may be read but supersedes nothing.
+  bool fill_may_be_lost(const op& f) const {
+    for (const fault_window* w : staleness_faults_) {
+      if (!w->node.empty() && w->node != f.node) continue;
+      if (f.end_ns >= w->start_ns && f.start_ns <= w->end_ns + w->settle_ns) return true;
+    }
+    return false;
   }
 
   // How much later than w's acknowledgement a write must start to be certainly newer.
@@ -434,9 +454,9 @@ class checker {
                              ", superseded by " + describe(*st.newer) + " acknowledged " +
                              std::to_string((r.start_ns - st.newer->end_ns) / 1'000'000) +
                              " ms before the read started";
-    attribute("violation", r, st.newer->end_ns);
+    attribute("violation", r, st.newer->start_ns, st.newer->end_ns + config_.bound_ns);
     if (st.by_removal) {
-      attribute("resurrection", r, st.newer->end_ns);
+      attribute("resurrection", r, st.newer->start_ns, st.newer->end_ns + config_.bound_ns);
       ++report_.resurrections;
       example(resurrection_examples_, "resurrection: " + what);
     }
@@ -534,13 +554,13 @@ class checker {
       }
     }
     ++report_.ryw_violations;
-    attribute("ryw", r, own.start_ns);
+    attribute("ryw", r, own.start_ns, r.end_ns);
     example(ryw_examples_, "read-your-writes: " + describe(r) + " after its own " + describe(own));
   }
 
   void ryw_violation(const op& r, const op& x, const op& own) {
     ++report_.ryw_violations;
-    attribute("ryw", r, own.start_ns);
+    attribute("ryw", r, own.start_ns, r.end_ns);
     example(ryw_examples_, "read-your-writes: " + describe(r) + " returned the value of " +
                                describe(x) + ", older than its own " + describe(own));
   }

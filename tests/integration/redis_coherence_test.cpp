@@ -729,12 +729,18 @@ class RedisChaosConsistencyTest : public ::testing::Test {
   temp_dir dir_{"layercache-chaos"};
 
   // Short enough for a sanitizer build on 2 cores (each test well under 30 s), long enough for one
-  // full cycle of the fault schedule (about 6 s).
+  // full cycle of a compressed fault schedule (about 4 s: every kind once).
   coherence::chaos_options options(bool coordinate) {
     coherence::chaos_options o;
     o.node_program = node_program();
     o.dir = dir_.path();
-    o.duration = 8s;
+    o.duration = 6s;
+    o.warmup = 300ms;
+    o.fault_gap = 250ms;
+    o.blackhole_for = 500ms;
+    o.delay_for = 600ms;
+    o.restart_down = 300ms;
+    o.skew_for = 1000ms;
     o.coordinate = coordinate;
     o.bound = k_bound;
     o.progress = [](const std::string& line) { std::printf("[ fault    ] %s\n", line.c_str()); };
@@ -755,11 +761,16 @@ class RedisChaosConsistencyTest : public ::testing::Test {
   }
 };
 
-// Disabled until the fixes of issue 9 land: with today's code (8817eb3) this run finds stale reads
-// and resurrections under faults (defects 1, 6, 7 and 13: a deleted key served from a disk copy or
-// an L1 entry cached before the bus went down, and deletes lost in a Redis outage) and
-// read-your-writes violations (defects 2 and 7: a concurrent get undoing a set/del, has() and
-// get_if_present() still seeing a key after invalidate_tag()). The lead enables it with the fixes.
+// Disabled until the fixes of issue 9 land. On 8817eb3 every run of it fails on ryw_violations
+// (2 to 57 per run): get_many, get_if_present, has() and get after the thread's own del, del_many,
+// invalidate_tag(s) or invalidate_prefix return the value from before it, also with no fault in
+// effect (defect 7: the read APIs without the tombstone / pending-delete check, and the local-only
+// disk delete; defect 2: a concurrent get undoing a set/del) and more after a blackhole or a write
+// timeout (defect 13: the failed write is dropped, the resync empties L1, Redis still has the old
+// value). Some runs also count stale reads and resurrections of the cold key "c0" seconds after a
+// write or delete acknowledged during a blackhole or write timeout (defect 13), and gets stall for
+// 10 s after a blackhole (the lease of a refused fill is never released: defect 9). The lead
+// enables it with the fixes.
 TEST_F(RedisChaosConsistencyTest,
        DISABLED_EveryReadAndMutationKindStaysWithinTheBoundUnderRedisBusAndClockFaults) {
   const auto o = options(true);
@@ -779,7 +790,7 @@ TEST_F(RedisChaosConsistencyTest,
 // node's writes, and the checker must say so.
 TEST_F(RedisChaosConsistencyTest, CheckerFindsStaleReadsUnderFaultsWhenInstancesDoNotCoordinate) {
   auto o = options(false);
-  o.duration = 5s;
+  o.duration = 4s;
   const auto r = coherence::run_chaos(o);
   expect_ran(r);
   print(r, o, "(negative control, coordinate = false)");

@@ -190,6 +190,11 @@ TEST(CoherenceCheckerTest, AFaultWindowExtendsTheBoundOnlyForTheNodesItConcerns)
                              .end_ns = 300,
                              .settle_ns = 200};
   EXPECT_EQ(check({a, b, by('G', "k0", "a", 400, 401, "C")}, {restart}).violations, 0u);
+  // A fill made during a fault of its node supersedes nothing (it may never reach Redis); the
+  // same fill outside any fault does.
+  const op fill = by('F', "k0", "f", 100, 110, "B");
+  EXPECT_EQ(check({a, fill, by('G', "k0", "a", 900, 901, "C")}, {blackhole_b}).violations, 0u);
+  EXPECT_EQ(check({a, fill, by('G', "k0", "a", 900, 901, "C")}).violations, 1u);
   // Read-your-writes gets no allowance from a fault.
   EXPECT_EQ(check({a, b, by('G', "k0", "a", 111, 112, "A")}, {restart}).ryw_violations, 1u);
 }
