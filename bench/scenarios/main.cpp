@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
   layercache::bench::register_multi_process(app, args);
   layercache::bench::register_invalidation_lag(app, args);
 #endif
+#if LAYERCACHE_BENCH_HAS_CONSISTENCY
+  layercache::bench::register_consistency(app, args);
+#endif
 #if LAYERCACHE_BENCH_HAS_DISK
   layercache::bench::register_disk(app, args);
 #endif

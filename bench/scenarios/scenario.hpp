@@ -28,6 +28,10 @@ void register_slow_redis(CLI::App& app, common_args& args);
 void register_multi_process(CLI::App& app, common_args& args);
 void register_invalidation_lag(CLI::App& app, common_args& args);
 #endif
+#if LAYERCACHE_BENCH_HAS_CONSISTENCY
+// Runs the coherence node executable of tests/ (see consistency.cpp).
+void register_consistency(CLI::App& app, common_args& args);
+#endif
 #if LAYERCACHE_BENCH_HAS_DISK
 void register_disk(CLI::App& app, common_args& args);
 #endif

@@ -53,6 +53,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -61,8 +62,12 @@
 #include <vector>
 
 #include "coherence_node/op_log.hpp"
+#include "coherence_node/payload.hpp"
 #include "layercache/cache_stack.hpp"
 #include "layercache/detail/hash.hpp"
+#if LAYERCACHE_NODE_HAS_DISK
+#include "layercache/disk_layer.hpp"
+#endif
 #include "layercache/error.hpp"
 #include "layercache/memory_layer.hpp"
 #include "layercache/redis_layer.hpp"
@@ -163,10 +168,29 @@ void wait_barrier(plain_redis& ctl, const std::string& key, std::int64_t at_leas
 
 // ---- the cache ------------------------------------------------------------------------------
 
+// The node's time source: the default clock plus an offset the driver may change while the node
+// runs (--skew-file), so one instance's clock can be skewed by seconds against the others. It is
+// the clock of the stack, of the Redis layer and of the disk layer, so expiry and versions move
+// together as on a host whose clock is off.
+class skewed_clock final : public lc::clock {
+ public:
+  lc::unix_ms now_ms() const noexcept override {
+    return base_->now_ms() + offset_ms_.load(std::memory_order_relaxed);
+  }
+  void set_offset(std::int64_t offset_ms) noexcept {
+    offset_ms_.store(offset_ms, std::memory_order_relaxed);
+  }
+
+ private:
+  std::shared_ptr<const lc::clock> base_ = lc::default_clock();
+  std::atomic<std::int64_t> offset_ms_{0};
+};
+
 struct node {
   std::string id;
   std::string ctl_prefix;
   std::shared_ptr<lc::memory_layer> l1;
+  std::shared_ptr<skewed_clock> clock = std::make_shared<skewed_clock>();
   std::unique_ptr<lc::cache_stack> cache;
   std::array<std::atomic<std::uint64_t>, 16> events{};  // by event_type
   std::atomic<int> errors_logged{0};
@@ -206,12 +230,15 @@ std::unique_ptr<node> make_node(const options& o) {
   n->id = o.text("id", "0");
   n->ctl_prefix = o.text("ctl", "coh-ctl:");
   lc::redis_layer_options r;
-  r.url = o.text("redis-url");
+  // --cache-redis-url: the cache's own path to Redis (a fault proxy in the chaos runs); the control
+  // connections (barrier, origin counter, agent channel) use --redis-url directly.
+  r.url = o.text("cache-redis-url", o.text("redis-url"));
   r.prefix = o.text("prefix", "coh:");
-  r.connect_timeout = 1000ms;
-  r.read_deadline = 1000ms;
-  r.write_deadline = 2000ms;
-  r.breaker_failures = 1000;
+  r.connect_timeout = o.millis("connect-timeout-ms", 1000);
+  r.read_deadline = o.millis("read-deadline-ms", 1000);
+  r.write_deadline = o.millis("write-deadline-ms", 2000);
+  r.breaker_failures = static_cast<std::uint32_t>(o.number("breaker-failures", 1000));
+  r.clock = n->clock;
   r.lease_ttl = o.millis("lease-ttl-ms", 3000);
   r.lease_poll = o.millis("lease-poll-ms", 100);
   r.bus_down_l1_ttl = o.millis("bus-down-l1-ttl-ms", 1000);
@@ -220,6 +247,7 @@ std::unique_ptr<node> make_node(const options& o) {
   node* self = n.get();
   lc::stack_options s;
   s.ttl = 10min;
+  s.clock = n->clock;
   s.on_event = [self](const lc::event& e) {
     const auto i = static_cast<std::size_t>(e.type);
     if (i < self->events.size()) self->events[i].fetch_add(1, std::memory_order_relaxed);
@@ -230,9 +258,19 @@ std::unique_ptr<node> make_node(const options& o) {
                 << e.layer << "] " << e.key << ": " << e.detail.message() << "\n";
     }
   };
-  n->cache = std::make_unique<lc::cache_stack>(
-      std::vector<std::shared_ptr<lc::layer>>{n->l1, lc::redis_layer::create(std::move(r))},
-      std::move(s));
+  std::vector<std::shared_ptr<lc::layer>> layers{n->l1, lc::redis_layer::create(std::move(r))};
+  // --disk-dir: a disk layer (L3) in that directory, private to this node.
+  if (const std::string disk = o.text("disk-dir"); !disk.empty()) {
+#if !LAYERCACHE_NODE_HAS_DISK
+    fail("--disk-dir: built without the disk layer");
+#else
+    layers.push_back(lc::disk_layer::create({.directory = disk,
+                                             .max_bytes = 64ull << 20,
+                                             .block_cache_bytes = 4ull << 20,
+                                             .clock = n->clock}));
+#endif
+  }
+  n->cache = std::make_unique<lc::cache_stack>(std::move(layers), std::move(s));
   return n;
 }
 
@@ -357,9 +395,12 @@ int stampede(const options& o) {
   return 0;
 }
 
+int chaos_full(const options& o);  // below: --mix full
+
 // ---- chaos ----------------------------------------------------------------------------------
 
 int chaos(const options& o) {
+  if (o.text("mix", "basic") == "full") return chaos_full(o);
   auto n = make_node(o);
   plain_redis ctl(o.text("redis-url"), 5s);
   const int threads = static_cast<int>(o.number("threads", 2));
@@ -470,6 +511,254 @@ int chaos(const options& o) {
     for (int t = 0; t < threads; ++t) pool.emplace_back(worker, t);
   }
   if (!n->cache->flush(10s)) fail("queued writes did not land within 10 s");
+
+  std::ofstream out(out_path);
+  std::size_t count = 0;
+  for (const auto& log : logs) {
+    for (const auto& op : log) {
+      out << co::format(op) << '\n';
+      ++count;
+    }
+  }
+  out.close();
+  if (!out) fail("cannot write " + out_path);
+  say("ops=" + std::to_string(count) + " exceptions=" + std::to_string(exceptions.load()) +
+      " failed_writes=" + std::to_string(failed_writes.load()));
+  say("metrics " + n->metrics_line());
+  say("done");
+  return 0;
+}
+
+// ---- chaos, full mix ---------------------------------------------------------------------------
+
+// Polls --skew-file (the driver writes the offset in ms there, atomically by rename) and applies
+// it to the node's clock. A file, not Redis: the driver kills Redis meanwhile.
+class skew_poller {
+ public:
+  skew_poller(std::string path, std::shared_ptr<skewed_clock> clock)
+      : path_(std::move(path)), clock_(std::move(clock)) {
+    if (path_.empty()) return;
+    thread_ = std::jthread([this](std::stop_token stop) {
+      std::int64_t applied = 0;
+      while (!stop.stop_requested()) {
+        std::ifstream in(path_);
+        std::int64_t offset = 0;
+        if (in >> offset && offset != applied) {
+          clock_->set_offset(offset);
+          applied = offset;
+        }
+        std::this_thread::sleep_for(2ms);
+      }
+    });
+  }
+
+ private:
+  std::string path_;
+  std::shared_ptr<skewed_clock> clock_;
+  std::jthread thread_;
+};
+
+// A value size: mostly small, sometimes large, up to `max_bytes` (0 = ids only, as the basic mix).
+std::size_t value_size(std::mt19937_64& rng, std::size_t max_bytes) {
+  if (max_bytes == 0) return 0;
+  const auto roll = rng() % 100;
+  std::size_t lo = 16, hi = 64;
+  if (roll >= 60) lo = 1024, hi = 8 * 1024;
+  if (roll >= 85) lo = 8 * 1024, hi = 64 * 1024;
+  if (roll >= 95) lo = 64 * 1024, hi = 256 * 1024;
+  hi = std::min(hi, max_bytes);
+  lo = std::min(lo, hi);
+  return lo + static_cast<std::size_t>(rng() % (hi - lo + 1));
+}
+
+// --mix full: every read API (get, get_many, get_if_present, has), every mutation (set, set_many,
+// del, del_many, tag and prefix invalidations, namespace rotations), values up to
+// --max-value-bytes, plain keys k0..k7 on the stack and k8..k11 in the namespace "space". Records
+// each operation with its node, thread and outcome (op_log.hpp) for the checker.
+int chaos_full(const options& o) {
+  auto n = make_node(o);
+  plain_redis ctl(o.text("redis-url"), 5s);
+  const int threads = static_cast<int>(o.number("threads", 2));
+  const ms duration = o.millis("duration-ms", 4000);
+  const std::string out_path = o.text("out");
+  if (out_path.empty()) fail("chaos needs --out");
+  const auto seed = static_cast<std::uint64_t>(o.number("seed", 1));
+  const int read_percent = static_cast<int>(o.number("read-percent", 55));
+  const auto max_bytes = static_cast<std::size_t>(o.number("max-value-bytes", 256 * 1024));
+  skew_poller skew(o.text("skew-file"), n->clock);
+
+  say("ready id=" + n->id);
+  wait_barrier(ctl, n->ctl_prefix + "go", 1);
+  const std::int64_t end_ns = mono_ns() + std::chrono::nanoseconds(duration).count();
+
+  std::vector<std::vector<co::op>> logs(static_cast<std::size_t>(threads));
+  std::atomic<std::uint64_t> exceptions{0}, failed_writes{0};
+  auto worker = [&](int t) {
+    std::mt19937_64 rng(seed * 1'000'003 + std::hash<std::string>{}(n->id) * 31 +
+                        static_cast<std::uint64_t>(t));
+    auto& log = logs[static_cast<std::size_t>(t)];
+    lc::cache_namespace space = n->cache->ns(co::ns_name);
+    std::uint64_t counter = 0;
+    const std::string me = n->id + "." + std::to_string(t) + ".";
+    auto fresh_id = [&] { return me + std::to_string(++counter); };
+    auto record = [&](char kind, std::string subject, std::string value, std::int64_t start,
+                      std::int64_t end, bool ok = true) {
+      log.push_back({kind, std::move(subject), std::move(value), start, end, n->id, t, ok});
+    };
+    auto ok_of = [&](const lc::status& s) {
+      if (!s.ok()) failed_writes.fetch_add(1);
+      return s.ok();
+    };
+    auto id_of = [](const std::shared_ptr<const std::string>& v) {
+      return v ? co::payload_id(*v) : std::string("-");
+    };
+    // Runs f on the stack for a plain key, on the namespace view for a namespace key.
+    auto on = [&](int k, auto&& f) {
+      if (co::in_namespace(k)) return f(space);
+      return f(*n->cache);
+    };
+    // A fetcher's answer: a fresh value, recorded as a write spanning the fetch.
+    auto fetch_one = [&](const std::string& key) {
+      const auto start = mono_ns();
+      const std::string id = "f" + fresh_id();
+      std::string v = co::make_payload(id, value_size(rng, max_bytes));
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 2000));
+      record('F', key, id, start, mono_ns());
+      return v;
+    };
+    // Two distinct keys of the same group as k (plain keys i and i + 6 share their tags).
+    auto pair_of = [&](int k) {
+      if (co::in_namespace(k)) {
+        const int other = co::key_count +
+                          (k - co::key_count + 1 + static_cast<int>(rng() % 3)) % co::ns_key_count;
+        return std::pair<int, int>{k, other};
+      }
+      const int a = static_cast<int>(rng() % 2);
+      return std::pair<int, int>{a, a + 6};
+    };
+
+    for (int i = 0; i < 1'000'000 && mono_ns() < end_ns; ++i) {
+      const bool read = static_cast<int>(rng() % 100) < read_percent;
+      const int roll = static_cast<int>(rng() % 100);
+      int k = static_cast<int>(rng() % co::all_key_count);
+      // The cold key: 99 of 100 direct mutations of it go to another key (see op_log.hpp).
+      if (!read && k == co::cold_key && rng() % 100 != 0) {
+        k = static_cast<int>(rng() % co::cold_key);
+      }
+      const std::string key = co::key_name(k);
+      const lc::get_options get_opts{.tags = co::tags_of(k)};
+      try {
+        if (read && roll < 40) {  // read-through
+          const auto start = mono_ns();
+          const auto v = on(k, [&](auto& c) {
+            return c.template get<std::string>(
+                key, [&] { return fetch_one(key); }, get_opts);
+          });
+          record('G', key, id_of(v), start, mono_ns());
+        } else if (read && roll < 60) {  // get_many of 2 keys of one group (3 with a duplicate)
+          const auto [a, b] = pair_of(k);
+          std::vector<std::string> keys{co::key_name(a), co::key_name(b)};
+          if (rng() % 4 == 0) keys.push_back(keys[0]);
+          const auto start = mono_ns();
+          const auto vs = on(k, [&](auto& c) {
+            return c.template get_many<std::string>(
+                keys,
+                [&](std::span<const std::string> missing) {
+                  std::vector<std::optional<std::string>> out;
+                  for (const auto& m : missing) out.emplace_back(fetch_one(m));
+                  return out;
+                },
+                lc::get_options{.tags = co::tags_of(a)});
+          });
+          const auto end = mono_ns();
+          for (std::size_t j = 0; j < keys.size() && j < vs.size(); ++j) {
+            record('M', keys[j], id_of(vs[j]), start, end);
+          }
+        } else if (read && roll < 80) {
+          const auto start = mono_ns();
+          const auto v =
+              on(k, [&](auto& c) { return c.template get_if_present<std::string>(key); });
+          record('P', key, id_of(v), start, mono_ns());
+        } else if (read) {
+          const auto start = mono_ns();
+          const bool has = on(k, [&](auto& c) { return c.has(key); });
+          record('H', key, has ? "1" : "0", start, mono_ns());
+        } else if (roll < 38) {
+          const std::string id = fresh_id();
+          lc::set_options so{.tags = co::tags_of(k)};
+          if (rng() % 2 == 0) so.policy = lc::write_policy::strict;
+          std::string v = co::make_payload(id, value_size(rng, max_bytes));
+          const auto start = mono_ns();
+          const bool ok =
+              ok_of(on(k, [&](auto& c) { return c.template set<std::string>(key, v, so); }));
+          record('S', key, id, start, mono_ns(), ok);
+        } else if (roll < 52) {
+          const auto start = mono_ns();
+          const bool ok = ok_of(on(k, [&](auto& c) { return c.del(key); }));
+          record('D', key, "-", start, mono_ns(), ok);
+        } else if (roll < 60) {
+          const auto [a, b] = pair_of(k);
+          const std::string ida = fresh_id(), idb = fresh_id();
+          // The view has no set_many: namespace keys go by their stack keys (and no tags).
+          auto stack_key = [&](int x) {
+            return co::in_namespace(x) ? space.key(co::key_name(x)) : co::key_name(x);
+          };
+          const std::vector<std::pair<std::string, std::string>> entries{
+              {stack_key(a), co::make_payload(ida, value_size(rng, max_bytes))},
+              {stack_key(b), co::make_payload(idb, value_size(rng, max_bytes))}};
+          const auto start = mono_ns();
+          const bool ok = ok_of(n->cache->set_many<std::string>(entries, {.tags = co::tags_of(a)}));
+          const auto end = mono_ns();
+          record('S', co::key_name(a), ida, start, end, ok);
+          record('S', co::key_name(b), idb, start, end, ok);
+        } else if (roll < 68) {
+          const auto [a, b] = pair_of(k);
+          const std::vector<std::string> keys{co::key_name(a), co::key_name(b)};
+          const auto start = mono_ns();
+          const bool ok = ok_of(on(k, [&](auto& c) { return c.del_many(keys); }));
+          const auto end = mono_ns();
+          for (const auto& dk : keys) record('D', dk, "-", start, end, ok);
+        } else if (roll < 84) {
+          const auto& tags = co::all_tags();
+          std::vector<std::string> chosen{tags[rng() % tags.size()]};
+          const int how = static_cast<int>(rng() % 3);
+          if (how > 0)
+            chosen.push_back(chosen[0][0] == 't' ? "u" + std::to_string(rng() % 3)
+                                                 : "t" + std::to_string(rng() % 2));
+          const bool all = how == 2;
+          const auto start = mono_ns();
+          const bool ok =
+              ok_of(how == 0 ? n->cache->invalidate_tag(chosen[0])
+                             : n->cache->invalidate_tags(
+                                   chosen, all ? lc::tag_match::all : lc::tag_match::any));
+          std::string joined = chosen[0];
+          for (std::size_t j = 1; j < chosen.size(); ++j) joined += "," + chosen[j];
+          record('T', joined, all ? "all" : "any", start, mono_ns(), ok);
+        } else if (roll < 94) {
+          // "k<i>" removes one plain key (k10, k11 live in the namespace), "k" all eight.
+          const std::string prefix =
+              rng() % 8 == 0 ? std::string("k") : "k" + std::to_string(rng() % co::key_count);
+          const auto start = mono_ns();
+          const bool ok = ok_of(n->cache->invalidate_prefix(prefix));
+          record('X', prefix, "-", start, mono_ns(), ok);
+        } else {
+          const auto start = mono_ns();
+          const bool ok = ok_of(space.rotate());
+          record('N', co::ns_name, "-", start, mono_ns(), ok);
+        }
+      } catch (const std::exception& e) {
+        if (exceptions.fetch_add(1) < 10) {
+          std::cerr << "coherence_node " << n->id << ": operation threw: " << e.what() << "\n";
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 1000));
+    }
+  };
+  {
+    std::vector<std::jthread> pool;
+    for (int t = 0; t < threads; ++t) pool.emplace_back(worker, t);
+  }
+  if (!n->cache->flush(30s)) fail("queued writes did not land within 30 s");
 
   std::ofstream out(out_path);
   std::size_t count = 0;
