@@ -834,5 +834,100 @@ TEST(WriteBehindCoalescingTest, ConditionalDeleteLeavesANewerStoredValueOfALocal
   EXPECT_EQ(disk->value("k"), std::nullopt);
 }
 
+// ---- failed writes: retried, reported per key, given up (issue 9, defect 13) --------------------
+
+TEST(WriteBehindRetryTest, FailedBatchIsReportedPerKeyRetriedAndPendingUntilItLands) {
+  auto layer = std::make_shared<recording_layer>();
+  std::atomic<bool> down{true};
+  layer->set_hook(
+      [&](std::string_view) { return down.load() ? status(errc::timeout, "down") : status(); });
+  std::mutex mu;
+  std::vector<std::string> reported;
+  write_behind w({layer.get()},
+                 {.threads = 1, .retry_backoff_first = 5ms, .retry_backoff_last = 20ms},
+                 [&](std::size_t, std::string_view key, const status&) {
+                   std::lock_guard lock(mu);
+                   reported.emplace_back(key);
+                 },
+                 {});
+  w.submit(set_op("a", "1"));
+  w.submit(set_op("b", "2"));
+  w.submit(del_op("c"));
+  ASSERT_TRUE(w.flush(bound));  // attempted (and failed) once
+  EXPECT_TRUE(eventually([&] {
+    std::lock_guard lock(mu);
+    return reported.size() >= 3;
+  }));
+  {
+    std::lock_guard lock(mu);
+    std::sort(reported.begin(), reported.end());
+    EXPECT_EQ(reported, (std::vector<std::string>{"a", "b", "c"}))
+        << "every failed key gets its own report, once";
+  }
+  EXPECT_EQ(w.retained(), 3u);
+  EXPECT_EQ(pending_of(w, "a"), write_behind::pending_kind::set) << "read-your-writes lost";
+  EXPECT_EQ(pending_of(w, "c"), write_behind::pending_kind::del);
+  down = false;  // no further submit: the retries land
+  EXPECT_TRUE(eventually([&] { return layer->value("a") == "1" && layer->value("b") == "2"; }));
+  EXPECT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
+  EXPECT_EQ(w.retained(), 0u);
+  EXPECT_EQ(pending_of(w, "a"), write_behind::pending_kind::none);
+  EXPECT_EQ(w.dropped(), 0u);
+}
+
+TEST(WriteBehindRetryTest, NewerOpSupersedesAFailedOneAndTheOlderNeverLandsAfterIt) {
+  auto layer = std::make_shared<recording_layer>();
+  std::atomic<int> failures{1};
+  layer->set_hook([&](std::string_view) {
+    return failures.fetch_sub(1) > 0 ? status(errc::unavailable, "down") : status();
+  });
+  write_behind w({layer.get()}, {.threads = 1, .retry_backoff_first = 5ms}, {}, {});
+  w.submit(vset("k", "old", 1, 1));
+  ASSERT_TRUE(w.flush(bound));
+  w.submit(vset("k", "new", 2, 1));
+  ASSERT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
+  EXPECT_EQ(layer->value("k"), envelope_of("new", 2));
+  for (const auto& a : layer->log_of("k")) EXPECT_NE(a.bytes, envelope_of("old", 1));
+}
+
+TEST(WriteBehindRetryTest, GivenUpWriteIsReportedInvalidatedAndOwesAConditionalDelete) {
+  // Sets keep failing past retry_for; deletes go through: the owed delete of the lost write's
+  // version removes the older value the layer still holds.
+  auto layer = std::make_shared<recording_layer>();
+  layer->put_for_test("k", envelope_of("older", 1));
+  layer->set_hook([](std::string_view op) {
+    return op.substr(0, 3) == "set" ? status(errc::unavailable, "down") : status();
+  });
+  std::atomic<int> dropped_keys{0};
+  write_behind w(
+      {layer.get()},
+      {.threads = 1, .retry_for = 30ms, .retry_backoff_first = 5ms, .retry_backoff_last = 10ms}, {},
+      {}, {}, [&](std::string_view key, std::uint64_t) {
+        if (key == "k") ++dropped_keys;
+      });
+  w.submit(vset("k", "lost", 5, 1));
+  EXPECT_TRUE(eventually([&] { return dropped_keys.load() >= 1; })) << "never given up";
+  EXPECT_TRUE(eventually([&] { return !layer->value("k").has_value(); }))
+      << "the older value survived the lost write";
+  EXPECT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
+  EXPECT_GE(w.dropped(), 1u);
+}
+
+TEST(WriteBehindRetryTest, PastMaxRetainedAFailureIsGivenUpAtOnce) {
+  auto layer = std::make_shared<recording_layer>();
+  layer->set_hook([](std::string_view) { return status(errc::unavailable, "down"); });
+  std::atomic<int> dropped_keys{0};
+  {
+    write_behind w({layer.get()},
+                   {.threads = 1, .batch = 1, .flush_timeout = 50ms, .max_retained = 2}, {}, {}, {},
+                   [&](std::string_view, std::uint64_t) { ++dropped_keys; });
+    for (int i = 0; i < 3; ++i) w.submit(set_op("k" + std::to_string(i), "v"));
+    ASSERT_TRUE(w.flush(bound));
+    EXPECT_EQ(w.retained(), 2u);
+    EXPECT_EQ(dropped_keys.load(), 1) << "the failure past the bound was not given up";
+  }
+  EXPECT_EQ(dropped_keys.load(), 3) << "retained writes are dropped (and said so) at shutdown";
+}
+
 }  // namespace
 }  // namespace layercache::detail
