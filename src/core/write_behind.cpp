@@ -274,6 +274,9 @@ void write_behind::execute(std::vector<write_op>& batch, queue& q, bool retries_
       execute_layer(j, order);
     }
   }
+  // Failures are reported (settle) before tickets complete: a strict caller that sees its
+  // failure can count on the event having been raised.
+  settle(q, order);
   // A ticket completes with the first attempt of what decided each layer its op covered
   // (write_policy::strict callers are told; a failure is still retried in the background).
   for (write_op& op : batch) {
@@ -287,7 +290,6 @@ void write_behind::execute(std::vector<write_op>& batch, queue& q, bool retries_
     op.ticket->complete(std::move(r));
     op.ticket.reset();
   }
-  settle(q, order);
   for (const write_op& op : batch) retire(op);
   if (!batch.empty()) {
     queued_.fetch_sub(batch.size(), std::memory_order_relaxed);
