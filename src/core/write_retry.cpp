@@ -69,16 +69,20 @@ void write_behind::settle(queue& q, std::vector<key_plan*>& plans) {
   // Batch ops kept for retry, copied once however many layers they failed in. The copy retires
   // its pending() entry when the last layer lets go of it.
   std::unordered_map<const write_op*, std::shared_ptr<write_op>> kept;
+  // A fill awaiting a retry is not reported by pending(): it is no write of ours that
+  // read-your-writes owes, and serving it from there would outlive the staleness bounds L1 keeps
+  // while Redis and the bus are down. Readers look in the layers and fetch again instead.
   auto keep = [&](const write_op& op) {
     auto& sp = kept[&op];
     if (!sp) {
       auto* copy = new write_op(op);
       copy->ticket.reset();
-      sp = std::shared_ptr<write_op>(copy, [this](write_op* p) {
-        retire(*p);
+      const bool listed = !copy->fill;
+      sp = std::shared_ptr<write_op>(copy, [this, listed](write_op* p) {
+        if (listed) retire(*p);
         delete p;
       });
-      register_pending(*sp);  // before the batch retires the original: never a gap
+      if (listed) register_pending(*sp);  // before the batch retires the original: never a gap
     }
     return sp;
   };
