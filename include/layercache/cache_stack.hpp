@@ -174,8 +174,11 @@ class cache_stack {
                       options);
   }
 
-  // Removes `key` from every layer and marks an in-flight fetch of it stale.
-  status del(std::string_view key);
+  // Removes `key` from every layer and marks an in-flight fetch of it stale. With
+  // write_policy::strict (stack_options::writes, or per call) it waits for every layer.
+  //
+  //   status s = cache.del("user:42", {.policy = layercache::write_policy::strict});
+  status del(std::string_view key, const del_options& options = {});
 
   // True when get() would answer without calling the fetcher (a live value or a cached "not
   // found" in some layer). Touches no eviction order or hit counters.
@@ -227,7 +230,7 @@ class cache_stack {
   // Removes several keys. Byte-layer deletes are queued together and sent in batches (one del_many
   // per layer for up to 256 queued writes of a background writer thread).
   status del_many(std::span<const std::string> keys);
-  status del_many(std::span<const std::string_view> keys);
+  status del_many(std::span<const std::string_view> keys, const del_options& options = {});
 
   // Removes every entry from every layer (a prefixed Redis layer clears its prefix only) and marks
   // every in-flight fetch stale. Other instances drop their L1 (invalidation bus).

@@ -48,19 +48,37 @@ struct stack_options {
   std::shared_ptr<const ::layercache::clock> clock{};
   // Called for errors and notable events (events.hpp). Empty means no callback.
   event_callback on_event{};
-  // When set/del/del_many/set_many return (per call for set via set_options). Default best_effort.
+  // When set/del/del_many/set_many return (per call via set_options and del_options). Default
+  // best_effort.
   write_policy writes = write_policy::best_effort;
   // Threads writing byte layers in the background (ops on one key always go to the same thread).
   // Must be >= 1. Default 2.
   std::size_t write_threads = 2;
   // Background writes queued at most; a mutation blocks while the queue is full (nothing is
-  // dropped while the stack lives). Must be >= 1. Default 65,536.
+  // dropped for it). A mutation made by a callback running on a background writer thread
+  // (on_event, a memory layer's on_remove) never blocks: it may take the queue past this bound,
+  // since the thread it would wait for is its own. Must be >= 1. Default 65,536.
   std::size_t max_pending_writes = 65'536;
+  // How long a failed background write (Redis unreachable, a timeout) is retried, with backoff
+  // and in order with the key's later writes, before it is given up: then the key is reported
+  // (a layer_error event per key), dropped from L1, and a delete of the write's version is retried
+  // in the layer instead until it answers, so no older value survives there. Zero: given up at
+  // the first failure. Default 30 s.
+  std::chrono::milliseconds write_retry_for = std::chrono::seconds(30);
+  // Failed background writes (per key and layer) kept for retry at most. Past it, a new failure
+  // is given up at once (reported, dropped from L1; the layer may keep an older value of the key
+  // until it expires or the key is written again). Must be >= 1. Default 10,000.
+  std::size_t max_retained_writes = 10'000;
   // How long the destructor waits for queued background writes to reach their layers; each write
   // still queued after it is dropped and reported as a layer_error event. Default 2 s.
   std::chrono::milliseconds shutdown_flush_timeout = std::chrono::seconds(2);
 
   void validate() const;
+};
+
+struct del_options {
+  // Overrides stack_options::writes for this call.
+  std::optional<write_policy> policy{};
 };
 
 // How invalidate_tags() combines several tags.

@@ -58,6 +58,8 @@ cache_stack::cache_stack(std::vector<std::shared_ptr<layer>> layers, stack_optio
                                       .max_pending = m.options.max_pending_writes,
                                       .batch = 256,
                                       .flush_timeout = m.options.shutdown_flush_timeout,
+                                      .retry_for = m.options.write_retry_for,
+                                      .max_retained = m.options.max_retained_writes,
                                       .coord = m.coord,
                                       .coord_at = m.coord_at},
         [self](std::size_t j, std::string_view key, const status& s) {
@@ -70,6 +72,12 @@ cache_stack::cache_stack(std::vector<std::shared_ptr<layer>> layers, stack_optio
         [self](std::string_view key, std::uint64_t hash) {
           // Redis holds a newer version than the write we made: our L1 copy is the older one.
           self->cas_rejections.fetch_add(1, std::memory_order_relaxed);
+          self->flights.invalidate(key, hash);
+          if (self->l1 != nullptr) self->l1->erase(key, hash, removal_cause::invalidated);
+        },
+        [self](std::string_view key, std::uint64_t hash) {
+          // A write of the key was given up: what L1 holds (or a fetch in flight would store) may
+          // disagree with the byte layers for good.
           self->flights.invalidate(key, hash);
           if (self->l1 != nullptr) self->l1->erase(key, hash, removal_cause::invalidated);
         });

@@ -47,6 +47,12 @@ void stack_options::validate() const {
   if (max_pending_writes == 0) {
     throw invalid_argument_error("stack_options: max_pending_writes must be >= 1");
   }
+  if (write_retry_for.count() < 0) {
+    throw invalid_argument_error("stack_options: write_retry_for must be >= 0");
+  }
+  if (max_retained_writes == 0) {
+    throw invalid_argument_error("stack_options: max_retained_writes must be >= 1");
+  }
   if (shutdown_flush_timeout.count() < 0) {
     throw invalid_argument_error("stack_options: shutdown_flush_timeout must be >= 0");
   }

@@ -171,7 +171,8 @@ struct cache_stack::impl {
   // mutations of one key racing each other reach L1 and the write queue in the same order;
   // otherwise L1 could keep one value while the byte layers end with the other, for good.
   // Recursive: a memory-layer removal callback (on_remove) may mutate the cache from inside.
-  // Held across writer->submit(), which may block on backpressure; nothing else takes it.
+  // Held across writer->submit(), which never waits there: room in the queue is reserved before
+  // the stripe is taken (a writer thread's callback may need the stripe to make room).
   std::array<std::recursive_mutex, 64> order;
   // The newest version a mutation under each stripe queued (guarded by that stripe): queue order
   // and version order of a key's mutations must agree, or Redis (which keeps the newest version)
@@ -227,15 +228,19 @@ struct cache_stack::impl {
              [this](const std::string& k) { return l1->contains(k, detail::hash_key(k)); });
   }
 
+  // Queues a delete in `room` (reserved before any stripe was taken). `conditional`: it removes
+  // only what is not newer than `version` (a fill's compensation, a fence).
   void submit_del(std::string_view key, std::uint64_t hash, std::size_t upto,
                   std::shared_ptr<detail::write_ticket> ticket, std::uint64_t version,
-                  bool local_only = false);
+                  detail::write_behind::slot room, bool local_only = false,
+                  bool conditional = false);
 
   // One delete's L1 erase and byte-layer op, made together under the key's order stripe (the twin
   // of apply_set). `local_only` skips the coordinating layer (another instance's change, or one its
   // script already made); with no layer left to write, only L1 changes. Returns the op's ticket
   // when `strict`, else null. Marking an in-flight fetch stale is the caller's business. `version`
-  // 0 means this instance's own delete: its version is taken under the stripe (see order_version).
+  // 0 means this instance's own delete: its version is taken under the stripe (see order_version);
+  // another version makes it a fence, conditional on what is stored not being newer.
   std::shared_ptr<detail::write_ticket> apply_del(std::string_view key, std::uint64_t hash,
                                                   std::uint64_t version, bool strict = false,
                                                   bool local_only = false);

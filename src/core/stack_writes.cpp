@@ -6,6 +6,30 @@
 
 namespace layercache {
 
+namespace {
+
+// Order stripes the calling thread holds. A thread holding one must not wait for room in the
+// write queue: a writer thread's callback that mutates a key of that stripe is what makes room.
+thread_local int stripes_held = 0;
+
+class stripe_guard {
+ public:
+  explicit stripe_guard(std::recursive_mutex& m) : lock_(m) { ++stripes_held; }
+  ~stripe_guard() { --stripes_held; }
+  stripe_guard(const stripe_guard&) = delete;
+  stripe_guard& operator=(const stripe_guard&) = delete;
+
+ private:
+  std::lock_guard<std::recursive_mutex> lock_;
+};
+
+// Room in the write queue, taken before any stripe (see stripe_guard).
+detail::write_behind::slot room_in(detail::write_behind& writer) {
+  return writer.reserve(/*may_wait=*/stripes_held == 0);
+}
+
+}  // namespace
+
 detail::write_op cache_stack::impl::make_set_op(
     std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
     const std::shared_ptr<const void>& value, bool negative, unix_ms fresh_until, std::size_t upto,
@@ -39,6 +63,7 @@ detail::write_op cache_stack::impl::make_set_op(
     }
   }
   op.ticket = std::move(ticket);
+  op.version = version;
   op.tags.assign(tag_list.begin(), tag_list.end());
   return op;
 }
@@ -59,7 +84,8 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_set(
   std::uint64_t version = versions.next(now);
   detail::write_op op = make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(),
                                     nullptr, now, ticket, version, tag_list);
-  std::lock_guard stripe(order_of(hash));
+  auto room = room_in(*writer);
+  stripe_guard stripe(order_of(hash));
   std::uint64_t& newest = order_version_of(hash);
   if (version <= newest) {
     // A mutation that took a later version reached the stripe first: ours is applied after it,
@@ -72,13 +98,14 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_set(
   if (l1 != nullptr) {
     l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now), ops.weigh(value.get()));
   }
-  writer->submit(std::move(op));
+  writer->submit(std::move(op), std::move(room));
   return ticket;
 }
 
 void cache_stack::impl::submit_del(std::string_view key, std::uint64_t hash, std::size_t upto,
                                    std::shared_ptr<detail::write_ticket> ticket,
-                                   std::uint64_t version, bool local_only) {
+                                   std::uint64_t version, detail::write_behind::slot room,
+                                   bool local_only, bool conditional) {
   detail::write_op op;
   op.type = detail::write_op::kind::del;
   op.key.assign(key);
@@ -87,7 +114,8 @@ void cache_stack::impl::submit_del(std::string_view key, std::uint64_t hash, std
   op.ticket = std::move(ticket);
   op.version = version;
   op.local_only = local_only;
-  writer->submit(std::move(op));
+  op.conditional = conditional;
+  writer->submit(std::move(op), std::move(room));
 }
 
 std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_del(std::string_view key,
@@ -99,12 +127,16 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_del(std::string_v
     return nullptr;
   }
   auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
-  std::lock_guard stripe(order_of(hash));
+  // A delete handed a version (a fence: another instance's group invalidation) may be older than
+  // what a write of ours stores: it removes only what is not newer.
+  const bool conditional = version != 0;
+  auto room = room_in(*writer);
+  stripe_guard stripe(order_of(hash));
   std::uint64_t& newest = order_version_of(hash);
   if (version == 0) version = versions.next(clock->now_ms());
   newest = std::max(newest, version);
   if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
-  submit_del(key, hash, bytes.size(), ticket, version, local_only);
+  submit_del(key, hash, bytes.size(), ticket, version, std::move(room), local_only, conditional);
   return ticket;
 }
 
@@ -149,7 +181,7 @@ void cache_stack::impl::store(flight* f, std::string_view key, std::uint64_t has
                                       stored_bytes, now, nullptr, version, fill.tags);
     op.fill = true;
     op.lease.assign(fill.lease);
-    writer->submit(std::move(op));
+    writer->submit(std::move(op), room_in(*writer));
   } else if (!fill.lease.empty() && coord != nullptr) {
     coord->release(key, fill.lease);
   }
@@ -169,8 +201,11 @@ void cache_stack::impl::store(flight* f, std::string_view key, std::uint64_t has
     emit(event_type::stale_fill, "", key,
          status(errc::ok, "fetched value not stored: invalidated during the fetch"));
     // Queued after our write, so it undoes it in the byte layers. It carries the fill's own
-    // version: in Redis it removes our fill, never the newer value that invalidated it.
-    if (queue) submit_del(key, hash, upto, nullptr, version);
+    // version and is conditional: in every layer it removes our fill, never the newer value
+    // that invalidated it (nor replaces that value's own write still queued with it).
+    if (queue) {
+      submit_del(key, hash, upto, nullptr, version, room_in(*writer), false, /*conditional=*/true);
+    }
   } else if (l1 != nullptr) {
     index_tags(key, fill.tags);
   }
@@ -245,8 +280,8 @@ status cache_stack::set_many_erased(
   return result;
 }
 
-status cache_stack::del(std::string_view key) {
-  return del_many(std::span<const std::string_view>(&key, 1));
+status cache_stack::del(std::string_view key, const del_options& options) {
+  return del_many(std::span<const std::string_view>(&key, 1), options);
 }
 
 status cache_stack::del_many(std::span<const std::string> keys) {
@@ -254,14 +289,14 @@ status cache_stack::del_many(std::span<const std::string> keys) {
   return del_many(std::span<const std::string_view>(views));
 }
 
-status cache_stack::del_many(std::span<const std::string_view> keys) {
+status cache_stack::del_many(std::span<const std::string_view> keys, const del_options& options) {
   impl& m = *impl_;
   detail::removal_deferral defer;  // on_remove runs after the stripes are released
   for (const auto& key : keys) {
     m.validate_key(key);
     m.check_reserved(key);
   }
-  const bool strict = m.options.writes == write_policy::strict;
+  const bool strict = options.policy.value_or(m.options.writes) == write_policy::strict;
   std::vector<std::shared_ptr<detail::write_ticket>> tickets;
   for (const auto& key : keys) {
     const std::uint64_t hash = detail::hash_key(key);

@@ -1,8 +1,18 @@
+// write_behind.cpp — queues, workers, coalescing by version and the layer calls of a batch.
+// Retrying failed writes lives in write_retry.cpp. See write_behind.hpp for the design.
 #include "core/write_behind.hpp"
 
 #include <algorithm>
 
+#include "layercache/detail/envelope.hpp"
+
 namespace layercache::detail {
+
+namespace {
+
+thread_local bool on_worker_thread = false;
+
+}  // namespace
 
 void write_ticket::complete(status s) {
   {
@@ -15,61 +25,104 @@ void write_ticket::complete(status s) {
 
 status write_ticket::wait() {
   std::unique_lock lock(mu_);
+  if (on_worker_thread && !done_) {
+    // The op may sit in this very worker's queue: waiting would never end.
+    return status(errc::timeout,
+                  "strict write not awaited: issued on a background writer thread (an event or "
+                  "removal callback); it is queued and lands in the background");
+  }
   cv_.wait(lock, [&] { return done_; });
   return result_;
 }
 
+write_behind::slot& write_behind::slot::operator=(slot&& other) noexcept {
+  if (this != &other) {
+    reset();
+    owner_ = std::exchange(other.owner_, nullptr);
+  }
+  return *this;
+}
+
+void write_behind::slot::reset() noexcept {
+  if (owner_ == nullptr) return;
+  owner_->queued_.fetch_sub(1, std::memory_order_relaxed);
+  { std::lock_guard lock(owner_->space_mu_); }
+  owner_->space_cv_.notify_all();
+  owner_ = nullptr;
+}
+
 write_behind::write_behind(std::vector<byte_layer*> layers, options opts, error_sink on_error,
-                           write_sink on_write, reject_sink on_reject)
+                           write_sink on_write, reject_sink on_reject, drop_sink on_drop)
     : layers_(std::move(layers)),
       opts_(opts),
       on_error_(std::move(on_error)),
       on_write_(std::move(on_write)),
       on_reject_(std::move(on_reject)),
+      on_drop_(std::move(on_drop)),
       queues_(std::make_unique<queue[]>(std::max<std::size_t>(1, opts.threads))),
       pending_(std::make_unique<pending_shard[]>(pending_count)) {
   opts_.threads = std::max<std::size_t>(1, opts_.threads);
   opts_.batch = std::max<std::size_t>(1, opts_.batch);
   opts_.max_pending = std::max<std::size_t>(1, opts_.max_pending);
+  opts_.retry_backoff_first = std::max(opts_.retry_backoff_first, std::chrono::milliseconds(1));
+  opts_.retry_backoff_last = std::max(opts_.retry_backoff_last, opts_.retry_backoff_first);
   workers_.reserve(opts_.threads);
   for (std::size_t i = 0; i < opts_.threads; ++i) {
-    workers_.emplace_back([this, i](std::stop_token stop) { run(stop, queues_[i]); });
+    workers_.emplace_back([this, i](std::stop_token stop) {
+      on_worker_thread = true;
+      run(stop, queues_[i]);
+    });
   }
 }
 
 write_behind::~write_behind() {
-  flush(opts_.flush_timeout);
+  flush(opts_.flush_timeout, flush_scope::settled);
   for (auto& w : workers_) w.request_stop();
-  workers_.clear();  // joins; workers drop what is still queued
+  workers_.clear();  // joins; workers drop what is still queued or retained
 }
 
-void write_behind::submit(write_op op) {
-  {
+write_behind::slot write_behind::reserve(bool may_wait) {
+  if (may_wait && !on_worker_thread) {
     std::unique_lock lock(space_mu_);
     space_cv_.wait(lock,
                    [&] { return queued_.load(std::memory_order_relaxed) < opts_.max_pending; });
     queued_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    // A worker waiting for room would wait for itself; a caller that said it must not wait holds
+    // a lock a worker's callback may need. Either may take the queue past max_pending.
+    queued_.fetch_add(1, std::memory_order_relaxed);
   }
+  return slot(this);
+}
+
+void write_behind::register_pending(const write_op& op) {
+  // A local-only delete applies another instance's change to this instance's private layers;
+  // readers must not take it for a delete of ours (they would skip Redis, which has the change,
+  // and fetch). Until it runs, the tombstone version a lease grant carries covers those layers.
+  if (op.local_only) return;
+  pending_shard& ps = pending_for(op.hash);
+  std::lock_guard pending_lock(ps.mu);
+  pending_entry& e = ps.map[op.key];
+  if (e.outstanding == 0 || wins(op.version, op.seq, e.version, e.seq)) {
+    e.version = op.version;
+    e.seq = op.seq;
+    e.kind = op.type == write_op::kind::set ? pending_kind::set : pending_kind::del;
+    e.bytes = op.bytes.empty() ? nullptr : op.bytes.front();
+  }
+  ++e.outstanding;
+}
+
+void write_behind::submit(write_op op, slot room) {
+  room.owner_ = nullptr;  // the room is the op's now; execute() gives it back
   queue& q = queues_[op.hash % opts_.threads];
   {
     // The pending entry and the queue must see a key's ops in the same order: with two threads
     // submitting the same key, updating pending() under its lock and queueing under another let
     // pending() report one op as the latest while the other one was queued (and landed) last.
-    // Lock order q.mu -> pending shard mu, as in run()'s shutdown path.
+    // Lock order q.mu -> pending shard mu.
     std::lock_guard lock(q.mu);
     op.seq = seq_.fetch_add(1, std::memory_order_relaxed) + 1;
-    // A local-only delete applies another instance's change to this instance's private layers;
-    // readers must not take it for a delete of ours (they would skip Redis, which has the change,
-    // and fetch). Until it runs, the tombstone version a lease grant carries covers those layers.
-    if (!op.local_only) {
-      pending_shard& ps = pending_for(op.hash);
-      std::lock_guard pending_lock(ps.mu);
-      pending_entry& e = ps.map[op.key];
-      e.latest_seq = op.seq;
-      ++e.outstanding;
-      e.kind = op.type == write_op::kind::set ? pending_kind::set : pending_kind::del;
-      e.bytes = op.bytes.empty() ? nullptr : op.bytes.front();
-    }
+    register_pending(op);
     q.ops.push_back(std::move(op));
     ++q.submitted;
   }
@@ -100,14 +153,18 @@ std::vector<std::string> write_behind::pending_keys(
   return out;
 }
 
-bool write_behind::flush(std::chrono::milliseconds timeout) {
+bool write_behind::flush(std::chrono::milliseconds timeout, flush_scope scope) {
+  // A worker (a callback on it) waiting would wait for itself: it only looks.
+  if (on_worker_thread) timeout = std::chrono::milliseconds(0);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   bool all = true;
   for (std::size_t i = 0; i < opts_.threads; ++i) {
     queue& q = queues_[i];
     std::unique_lock lock(q.mu);
     const std::uint64_t target = q.submitted;
-    all = q.drained.wait_until(lock, deadline, [&] { return q.executed >= target; }) && all;
+    all = q.drained.wait_until(lock, deadline, [&] {
+      return q.executed >= target && (scope == flush_scope::attempted || q.retained == 0);
+    }) && all;
   }
   return all;
 }
@@ -115,31 +172,16 @@ bool write_behind::flush(std::chrono::milliseconds timeout) {
 void write_behind::run(std::stop_token stop, queue& q) {
   std::vector<write_op> batch;
   for (;;) {
+    bool retries_due = false;
     {
       std::unique_lock lock(q.mu);
-      q.cv.wait(lock, stop, [&] { return !q.ops.empty(); });
-      if (stop.stop_requested()) {
-        // Shutdown after the bounded flush: what is left is dropped, and said so.
-        while (!q.ops.empty()) {
-          write_op op = std::move(q.ops.front());
-          q.ops.pop_front();
-          const status lost(errc::unavailable,
-                            "write dropped at shutdown: the flush timeout passed");
-          if (op.ticket) op.ticket->complete(lost);
-          if (!op.lease.empty() && opts_.coord != nullptr) opts_.coord->release(op.key, op.lease);
-          // Reported per layer like any failed write, so a dropped write is observable (the
-          // counter dies with the stack).
-          if (on_error_) {
-            for (std::size_t j = 0; j < op.upto; ++j) on_error_(j, op.key, lost);
-          }
-          dropped_.fetch_add(1, std::memory_order_relaxed);
-          queued_.fetch_sub(1, std::memory_order_relaxed);
-          retire(op);
-          ++q.executed;
-        }
-        q.drained.notify_all();
-        return;
+      if (q.next_retry == std::chrono::steady_clock::time_point::max()) {
+        q.cv.wait(lock, stop, [&] { return !q.ops.empty(); });
+      } else {
+        q.cv.wait_until(lock, stop, q.next_retry, [&] { return !q.ops.empty(); });
       }
+      if (stop.stop_requested()) break;
+      retries_due = std::chrono::steady_clock::now() >= q.next_retry;
       const std::size_t n = std::min(q.ops.size(), opts_.batch);
       batch.clear();
       for (std::size_t i = 0; i < n; ++i) {
@@ -147,131 +189,193 @@ void write_behind::run(std::stop_token stop, queue& q) {
         q.ops.pop_front();
       }
     }
-    execute(batch);
+    execute(batch, q, retries_due);
     {
       std::lock_guard lock(q.mu);
       q.executed += batch.size();
     }
     q.drained.notify_all();
   }
-}
-
-void write_behind::execute(std::vector<write_op>& batch) {
-  // The last op per key decides the key's final state; earlier ones are superseded.
-  std::unordered_map<std::string_view, std::size_t> last;
-  last.reserve(batch.size());
-  for (std::size_t i = 0; i < batch.size(); ++i) last[batch[i].key] = i;
-
-  std::vector<status> result(batch.size());
-  std::unordered_map<std::string_view, std::size_t> last_shared;
-  if (opts_.coord != nullptr) {
-    // For the coordinating layer, a local-only op (another instance's change, applied to this
-    // instance's private layers) supersedes nothing: our own write of the key may be the newer one
-    // and must still reach Redis, where versions decide.
-    last_shared.reserve(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (!batch[i].local_only) last_shared[batch[i].key] = i;
-    }
-    // A superseded fill never reaches the coordinator: give its lease back so that instances
-    // waiting for it do not wait for the lease to expire.
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const write_op& op = batch[i];
-      if (!op.lease.empty() && last_shared[op.key] != i) opts_.coord->release(op.key, op.lease);
-    }
-    execute_coordinated(batch, last_shared, result);
+  // Shutdown after the bounded flush: what is left is dropped, and said so (outside the lock:
+  // the sinks run user callbacks).
+  std::deque<write_op> left;
+  {
+    std::lock_guard lock(q.mu);
+    left.swap(q.ops);
   }
-  for (std::size_t j = 0; j < layers_.size(); ++j) {
-    if (j == opts_.coord_at) continue;
-    std::vector<byte_write> writes;
-    std::vector<std::string> dels;
-    std::vector<std::size_t> set_idx, del_idx;
-    for (const auto& [key, i] : last) {
-      const write_op& op = batch[i];
-      if (op.upto <= j) continue;
-      (void)key;
-      if (op.type == write_op::kind::set) {
-        writes.push_back(byte_write{op.key, *op.bytes[j], op.expires[j]});
-        set_idx.push_back(i);
-      } else {
-        dels.push_back(op.key);
-        del_idx.push_back(i);
-      }
-    }
-    if (!writes.empty()) {
-      status s = attribute_to(*layers_[j], writes.size() == 1
-                                               ? layers_[j]->set(writes[0].key, writes[0].bytes,
-                                                                 writes[0].expires_at_ms)
-                                               : layers_[j]->set_many(writes));
-      if (s.ok() && on_write_) on_write_(j, writes.size());
-      if (!s.ok()) {
-        if (on_error_) on_error_(j, writes.front().key, s);
-        for (std::size_t i : set_idx) result[i].update(s);
-      }
-    }
-    if (!dels.empty()) {
-      status s = attribute_to(
-          *layers_[j], dels.size() == 1 ? layers_[j]->del(dels[0]) : layers_[j]->del_many(dels));
-      if (!s.ok()) {
-        if (on_error_) on_error_(j, dels.front(), s);
-        for (std::size_t i : del_idx) result[i].update(s);
-      }
-    }
-  }
-  for (std::size_t i = 0; i < batch.size(); ++i) {
-    write_op& op = batch[i];
-    if (op.ticket) {
-      status r = result[last[op.key]];
-      if (auto it = last_shared.find(op.key);
-          it != last_shared.end() && it->second != last[op.key]) {
-        r.update(result[it->second]);
-      }
-      op.ticket->complete(std::move(r));
-    }
+  for (write_op& op : left) {
+    const status lost(errc::unavailable, "write dropped at shutdown: the flush timeout passed");
+    if (op.ticket) op.ticket->complete(lost);
+    if (!op.lease.empty() && opts_.coord != nullptr) opts_.coord->release(op.key, op.lease);
+    // Reported per layer like any failed write, so a dropped write is observable (the counter
+    // dies with the stack).
+    for (std::size_t j = 0; j < op.upto; ++j) report_drop(j, op.key, op.hash, lost);
+    queued_.fetch_sub(1, std::memory_order_relaxed);
     retire(op);
   }
-  queued_.fetch_sub(batch.size(), std::memory_order_relaxed);
-  { std::lock_guard lock(space_mu_); }
-  space_cv_.notify_all();
+  drop_retained(q);
+  {
+    std::lock_guard lock(q.mu);
+    q.executed += left.size();
+  }
+  q.drained.notify_all();
 }
 
-void write_behind::execute_coordinated(
-    std::vector<write_op>& batch, const std::unordered_map<std::string_view, std::size_t>& last,
-    std::vector<status>& result) {
-  const std::size_t j = opts_.coord_at;
-  std::vector<coordinated_write> writes;
-  std::vector<std::size_t> idx;
-  for (const auto& [key, i] : last) {
-    const write_op& op = batch[i];
-    if (op.upto <= j) {
-      // Not meant for this layer, but a lease taken for it must still be given back.
-      if (!op.lease.empty()) opts_.coord->release(op.key, op.lease);
+void write_behind::execute(std::vector<write_op>& batch, queue& q, bool retries_due) {
+  using plan_map = std::unordered_map<std::string_view, key_plan>;
+  plan_map plans;
+  plans.reserve(batch.size());
+  for (write_op& op : batch) {
+    key_plan& p = plans[op.key];
+    p.key = op.key;
+    p.hash = op.hash;
+    p.ops.push_back(&op);
+  }
+  add_retained(q, plans, retries_due);
+
+  // Per key and layer, the op with the highest version decides (ties: the later one), as Redis's
+  // compare-and-set does: a compensating or fence delete of an older version never replaces a
+  // newer set or delete, and a delete covering fewer layers does not shrink another's range.
+  std::vector<key_plan*> order;
+  order.reserve(plans.size());
+  for (auto& [key, p] : plans) {
+    p.decider.assign(layers_.size(), nullptr);
+    p.outcome.assign(layers_.size(), status());
+    for (std::size_t j = 0; j < layers_.size(); ++j) {
+      write_op* best = p.held != nullptr ? p.held->layers[j].op.get() : nullptr;
+      for (write_op* op : p.ops) {
+        // A local-only op (another instance's change, applied to this instance's private layers)
+        // supersedes nothing in the coordinating layer: our own write of the key may be the
+        // newer one and must still reach Redis, where versions decide.
+        if (op->upto <= j || (j == opts_.coord_at && op->local_only)) continue;
+        if (best == nullptr || wins(op->version, op->seq, best->version, best->seq)) best = op;
+      }
+      p.decider[j] = best;
+    }
+    order.push_back(&p);
+  }
+  if (opts_.coord != nullptr) {
+    // A fill that does not decide the coordinating layer never reaches the coordinator: give its
+    // lease back so that instances waiting for it do not wait for the lease to expire.
+    for (key_plan* p : order) {
+      for (write_op* op : p->ops) {
+        if (op->lease.empty()) continue;
+        if (op->upto <= opts_.coord_at || p->decider[opts_.coord_at] != op) {
+          opts_.coord->release(op->key, op->lease);
+          op->lease.clear();
+        }
+      }
+    }
+  }
+  for (std::size_t j = 0; j < layers_.size(); ++j) {
+    if (j == opts_.coord_at) {
+      execute_coordinated(order);
+    } else {
+      execute_layer(j, order);
+    }
+  }
+  // Failures are reported (settle) before tickets complete: a strict caller that sees its
+  // failure can count on the event having been raised.
+  settle(q, order);
+  // A ticket completes with the first attempt of what decided each layer its op covered
+  // (write_policy::strict callers are told; a failure is still retried in the background).
+  for (write_op& op : batch) {
+    if (!op.ticket) continue;
+    const key_plan& p = plans.at(op.key);
+    status r;
+    for (std::size_t j = 0; j < op.upto && j < layers_.size(); ++j) {
+      if (j == opts_.coord_at && op.local_only) continue;
+      r.update(p.outcome[j]);
+    }
+    op.ticket->complete(std::move(r));
+    op.ticket.reset();
+  }
+  for (const write_op& op : batch) retire(op);
+  if (!batch.empty()) {
+    queued_.fetch_sub(batch.size(), std::memory_order_relaxed);
+    { std::lock_guard lock(space_mu_); }
+    space_cv_.notify_all();
+  }
+}
+
+void write_behind::execute_layer(std::size_t j, std::vector<key_plan*>& plans) {
+  byte_layer& l = *layers_[j];
+  std::vector<byte_write> writes;
+  std::vector<std::string> dels;
+  std::vector<key_plan*> set_plans, del_plans;
+  for (key_plan* p : plans) {
+    const write_op* op = p->decider[j];
+    if (op == nullptr) continue;
+    if (op->type == write_op::kind::set) {
+      writes.push_back(byte_write{op->key, *op->bytes[j], op->expires[j]});
+      set_plans.push_back(p);
       continue;
     }
+    if (op->conditional && op->version != 0) {
+      // Only what is not newer than the delete goes. This worker makes every write of the key in
+      // this process, so nothing of ours lands between the read and the delete.
+      byte_read r = l.get(op->key);
+      if (!r.error.ok()) {
+        p->outcome[j] = attribute_to(l, r.error);
+        continue;
+      }
+      envelope_header h;
+      if (!r.bytes) continue;
+      if (peek_envelope_header(*r.bytes, h).ok() && h.version > op->version) continue;
+    }
+    dels.push_back(op->key);
+    del_plans.push_back(p);
+  }
+  if (!writes.empty()) {
+    status s = attribute_to(l, writes.size() == 1
+                                   ? l.set(writes[0].key, writes[0].bytes, writes[0].expires_at_ms)
+                                   : l.set_many(writes));
+    if (s.ok() && on_write_) on_write_(j, writes.size());
+    if (!s.ok()) {
+      for (key_plan* p : set_plans) p->outcome[j] = s;
+    }
+  }
+  if (!dels.empty()) {
+    status s = attribute_to(l, dels.size() == 1 ? l.del(dels[0]) : l.del_many(dels));
+    if (!s.ok()) {
+      for (key_plan* p : del_plans) p->outcome[j] = s;
+    }
+  }
+}
+
+void write_behind::execute_coordinated(std::vector<key_plan*>& plans) {
+  const std::size_t j = opts_.coord_at;
+  std::vector<coordinated_write> writes;
+  std::vector<key_plan*> sent;
+  for (key_plan* p : plans) {
+    const write_op* op = p->decider[j];
+    if (op == nullptr) continue;
     coordinated_write w;
-    w.key = op.key;
-    if (op.type == write_op::kind::set) {
-      w.type = op.fill ? coordinated_write::kind::fill : coordinated_write::kind::set;
-      w.bytes = *op.bytes[j];
-      w.expires_at_ms = op.expires[j];
-      w.lease = op.lease;
-      w.tags = op.tags;
+    w.key = op->key;
+    if (op->type == write_op::kind::set) {
+      w.type = op->fill ? coordinated_write::kind::fill : coordinated_write::kind::set;
+      w.bytes = *op->bytes[j];
+      w.expires_at_ms = op->expires[j];
+      w.lease = op->lease;
+      w.tags = op->tags;
     } else {
+      // Conditional or not, a delete is a tombstone of its version there: it removes only what
+      // is not newer.
       w.type = coordinated_write::kind::del;
-      w.version = op.version;
+      w.version = op->version;
     }
     writes.push_back(w);
-    idx.push_back(i);
+    sent.push_back(p);
   }
   if (writes.empty()) return;
   coordinated_result r = opts_.coord->write(writes);
   status s = attribute_to(*layers_[j], r.error);
   if (s.ok() && on_write_) on_write_(j, writes.size());
   if (!s.ok()) {
-    if (on_error_) on_error_(j, writes.front().key, s);
-    for (std::size_t i : idx) result[i].update(s);
+    for (key_plan* p : sent) p->outcome[j] = s;
   }
-  for (std::size_t k = 0; k < idx.size() && k < r.rejected.size(); ++k) {
-    if (r.rejected[k] && on_reject_) on_reject_(batch[idx[k]].key, batch[idx[k]].hash);
+  for (std::size_t k = 0; k < sent.size() && k < r.rejected.size(); ++k) {
+    if (r.rejected[k] && on_reject_) on_reject_(sent[k]->key, sent[k]->hash);
   }
 }
 

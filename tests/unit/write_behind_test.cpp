@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "layercache/detail/envelope.hpp"
 #include "layercache/detail/hash.hpp"
 #include "support/await.hpp"
 
@@ -145,6 +146,11 @@ class recording_layer final : public byte_layer {
       if (a.key == key) out.push_back(std::move(a));
     }
     return out;
+  }
+  // Plants a stored value without logging it (what an earlier process left behind).
+  void put_for_test(std::string_view key, std::string bytes) {
+    std::lock_guard lock(mu_);
+    state_[std::string(key)] = std::move(bytes);
   }
   std::optional<std::string> value(std::string_view key) const {
     std::lock_guard lock(mu_);
@@ -445,7 +451,8 @@ TEST(WriteBehindTest, StrictTicketCarriesTheFailingLayersStatusAndTheErrorSinkHe
   };
   std::mutex mu;
   std::vector<reported> errors;
-  write_behind w({first.get(), second.get()}, {.threads = 1},
+  // The failed writes are retried meanwhile (quietly): the destructor waits for them 100 ms.
+  write_behind w({first.get(), second.get()}, {.threads = 1, .flush_timeout = 100ms},
                  [&](std::size_t layer, std::string_view key, const status& s) {
                    std::lock_guard lock(mu);
                    errors.push_back({layer, std::string(key), s.code()});
@@ -593,6 +600,333 @@ TEST(WriteBehindTest, DestructorWaitsAtMostFlushTimeoutAndDropsWhatIsLeftWhenALa
   EXPECT_GE(dropped, ops - 4) << "more writes landed than the flush timeout allowed";
   EXPECT_GE(landed, 1);
   std::printf("[ measure  ] %d writes landed, %d dropped at shutdown\n", landed, dropped);
+}
+
+// ---- coalescing by version (issue 9, defect 1)
+// ---------------------------------------------------
+
+// An envelope carrying `version`, so a layer's stored version can be read back (conditional
+// deletes compare it).
+std::string envelope_of(std::string_view payload, std::uint64_t version) {
+  envelope_header h;
+  h.fresh_until_ms = h.stale_until_ms = h.error_until_ms = 4'000'000'000'000;
+  h.version = version;
+  return encode_envelope(h, {}, payload);
+}
+
+std::uint64_t stored_version(const std::optional<std::string>& bytes) {
+  envelope_header h;
+  if (!bytes || !peek_envelope_header(*bytes, h).ok()) return 0;
+  return h.version;
+}
+
+write_op vset(std::string_view key, std::string_view payload, std::uint64_t version,
+              std::size_t layers, std::shared_ptr<write_ticket> ticket = nullptr) {
+  write_op op = set_op(key, envelope_of(payload, version), layers, std::move(ticket));
+  op.version = version;
+  return op;
+}
+
+write_op vdel(std::string_view key, std::uint64_t version, std::size_t layers, bool conditional,
+              std::shared_ptr<write_ticket> ticket = nullptr) {
+  write_op op = del_op(key, layers, std::move(ticket));
+  op.version = version;
+  op.conditional = conditional;
+  return op;
+}
+
+// Stands in for the Redis coordinator: compare-and-set by version (a tombstone keeps its
+// version, ties store), and a log of the writes it received. Thread-safe.
+class fake_coordinator final : public coordinator {
+ public:
+  struct stored {
+    bool tombstone = false;
+    std::uint64_t version = 0;
+    std::string bytes;
+  };
+  struct received {
+    coordinated_write::kind type;
+    std::string key;
+    std::uint64_t version;
+  };
+
+  // Runs before every write(); a non-ok status fails the whole batch (transport trouble).
+  void set_hook(std::function<status()> hook) {
+    std::lock_guard lock(mu_);
+    hook_ = std::move(hook);
+  }
+  std::optional<stored> at(std::string_view key) const {
+    std::lock_guard lock(mu_);
+    auto it = map_.find(std::string(key));
+    if (it == map_.end()) return std::nullopt;
+    return it->second;
+  }
+  std::vector<received> log() const {
+    std::lock_guard lock(mu_);
+    return log_;
+  }
+
+  coordinated_result write(std::span<const coordinated_write> writes) override {
+    std::function<status()> hook;
+    {
+      std::lock_guard lock(mu_);
+      hook = hook_;
+    }
+    coordinated_result out;
+    out.rejected.assign(writes.size(), false);
+    if (hook) {
+      if (status s = hook(); !s.ok()) {
+        out.error = s;
+        return out;
+      }
+    }
+    std::lock_guard lock(mu_);
+    for (std::size_t i = 0; i < writes.size(); ++i) {
+      const coordinated_write& w = writes[i];
+      const bool del = w.type == coordinated_write::kind::del;
+      const std::uint64_t v = del ? w.version : stored_version(std::string(w.bytes));
+      log_.push_back({w.type, std::string(w.key), v});
+      auto it = map_.find(std::string(w.key));
+      if (it != map_.end() && it->second.version > v) {
+        out.rejected[i] = true;
+        continue;
+      }
+      map_[std::string(w.key)] = stored{del, v, del ? std::string() : std::string(w.bytes)};
+    }
+    return out;
+  }
+
+  void listen(bus_listener*) override {}
+  void unlisten(bus_listener*) override {}
+  std::uint64_t origin() const noexcept override { return 1; }
+  bool bus_up() const noexcept override { return true; }
+  std::chrono::milliseconds bus_down_l1_ttl() const noexcept override { return 1s; }
+  lease_answer acquire(std::string_view, bool) override { return {}; }
+  void await_fill(std::string_view, std::uint64_t, sclock::time_point) override {}
+  void stop_waiting(std::string_view) override {}
+  void release(std::string_view, std::string_view) override {}
+  std::chrono::milliseconds lease_wait() const noexcept override { return 1s; }
+  status invalidate_tags(std::span<const std::string>, bool, std::uint64_t,
+                         std::vector<std::string>&) override {
+    return {};
+  }
+  status invalidate_prefix(std::string_view, std::uint64_t) override { return {}; }
+  status announce_clear(std::uint64_t) override { return {}; }
+  std::optional<std::uint64_t> generation(std::string_view, status&) override { return 0; }
+  std::optional<std::uint64_t> rotate(std::string_view, status&) override { return 0; }
+
+ private:
+  mutable std::mutex mu_;
+  std::function<status()> hook_;                 // guarded by mu_
+  std::unordered_map<std::string, stored> map_;  // guarded by mu_
+  std::vector<received> log_;                    // guarded by mu_
+};
+
+// A stack's byte layers as the stack builds them: Redis (coordinating) first, then a disk layer.
+struct shared_and_disk {
+  std::shared_ptr<recording_layer> redis = std::make_shared<recording_layer>("redis");
+  std::shared_ptr<recording_layer> disk = std::make_shared<recording_layer>("disk");
+  fake_coordinator coord;
+  gate hold;  // closed: the next coordinated write waits on it (keeps a batch queued)
+
+  shared_and_disk() {
+    coord.set_hook([this] {
+      hold.pass();
+      return status();
+    });
+  }
+  write_behind::options options() { return {.threads = 1, .coord = &coord, .coord_at = 0}; }
+};
+
+TEST(WriteBehindCoalescingTest, UserDeleteAndACompensatingDeleteOfAnOlderFillDeleteEverywhere) {
+  // The fill was a backfill of the disk copy into Redis (upto 1, version 3), invalidated by the
+  // user's delete (version 5) while in flight: store() queued its compensation behind the
+  // delete. Coalescing by "last op wins" let the compensation replace the delete: the disk kept
+  // its copy and Redis got a tombstone of version 3, which does not fence a disk copy of version
+  // 3 — the next miss served the deleted value again and re-published it.
+  shared_and_disk s;
+  s.disk->put_for_test("k", envelope_of("old", 3));
+  write_behind w({s.redis.get(), s.disk.get()}, s.options(), {}, {});
+  s.hold.close();
+  w.submit(vset("blocker", "b", 1, 1));  // holds the worker in the coordinator
+  ASSERT_TRUE(s.hold.wait_for_waiters(1));
+  auto ticket = std::make_shared<write_ticket>();
+  w.submit(vset("k", "old", 3, 1));                          // the fill (Redis only)
+  w.submit(vdel("k", 5, 2, /*conditional=*/false, ticket));  // the user's delete
+  w.submit(vdel("k", 3, 1, /*conditional=*/true));           // the fill's compensation
+  EXPECT_EQ(pending_of(w, "k"), write_behind::pending_kind::del);
+  s.hold.open();
+  ASSERT_TRUE(w.flush(bound));
+  auto st = wait_ticket(ticket);
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(st->ok()) << st->message();
+  EXPECT_EQ(s.disk->value("k"), std::nullopt) << "the disk kept the deleted value";
+  const auto redis = s.coord.at("k");
+  ASSERT_TRUE(redis.has_value());
+  EXPECT_TRUE(redis->tombstone);
+  EXPECT_EQ(redis->version, 5u) << "Redis's tombstone does not carry the user's delete version";
+  EXPECT_EQ(pending_of(w, "k"), write_behind::pending_kind::none);
+}
+
+TEST(WriteBehindCoalescingTest, FenceDeleteOfAnOlderVersionDoesNotReplaceASetInTheSameBatch) {
+  // Another instance's tag invalidation (version 7) fences this instance's queued writes of the
+  // tag's keys; our set (version 10) came after it and must survive in every layer, as strict
+  // promised.
+  shared_and_disk s;
+  write_behind w({s.redis.get(), s.disk.get()}, s.options(), {}, {});
+  s.hold.close();
+  w.submit(vset("blocker", "b", 1, 1));
+  ASSERT_TRUE(s.hold.wait_for_waiters(1));
+  auto ticket = std::make_shared<write_ticket>();
+  w.submit(vset("k", "new", 10, 2, ticket));
+  w.submit(vdel("k", 7, 2, /*conditional=*/true));
+  std::string reported;
+  EXPECT_EQ(pending_of(w, "k", &reported), write_behind::pending_kind::set)
+      << "read-your-writes reported the fence, not the set that decides";
+  EXPECT_EQ(reported, envelope_of("new", 10));
+  s.hold.open();
+  auto st = wait_ticket(ticket);
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(st->ok()) << st->message();
+  ASSERT_TRUE(w.flush(bound));
+  EXPECT_EQ(s.disk->value("k"), envelope_of("new", 10)) << "strict said OK, the disk lost it";
+  const auto redis = s.coord.at("k");
+  ASSERT_TRUE(redis.has_value());
+  EXPECT_FALSE(redis->tombstone) << "strict said OK, Redis holds a tombstone";
+  EXPECT_EQ(redis->version, 10u);
+}
+
+TEST(WriteBehindCoalescingTest, CompensationCoveringFewerLayersDoesNotShrinkAUserDelete) {
+  auto near = std::make_shared<recording_layer>("near");
+  auto far = std::make_shared<recording_layer>("far");
+  far->put_for_test("k", envelope_of("old", 3));
+  gate g;
+  near->set_hook([&](std::string_view) {
+    g.pass();
+    return status();
+  });
+  write_behind w({near.get(), far.get()}, {.threads = 1}, {}, {});
+  g.close();
+  w.submit(vset("blocker", "b", 1, 1));
+  ASSERT_TRUE(g.wait_for_waiters(1));
+  w.submit(vdel("k", 5, 2, /*conditional=*/false));
+  w.submit(vdel("k", 3, 1, /*conditional=*/true));  // a fill of `near` only, compensated
+  g.open();
+  ASSERT_TRUE(w.flush(bound));
+  EXPECT_EQ(far->value("k"), std::nullopt) << "the user's delete lost the far layer";
+  ASSERT_FALSE(far->log_of("k").empty());
+  EXPECT_EQ(far->log_of("k").back().type, write_op::kind::del);
+}
+
+TEST(WriteBehindCoalescingTest, ConditionalDeleteLeavesANewerStoredValueOfALocalLayer) {
+  // A compensation or fence reaching the disk after a newer write of the key landed there (an
+  // earlier batch) removes nothing.
+  auto disk = std::make_shared<recording_layer>("disk");
+  write_behind w({disk.get()}, {.threads = 1}, {}, {});
+  w.submit(vset("k", "new", 10, 1));
+  ASSERT_TRUE(w.flush(bound));
+  w.submit(vdel("k", 7, 1, /*conditional=*/true));
+  ASSERT_TRUE(w.flush(bound));
+  EXPECT_EQ(disk->value("k"), envelope_of("new", 10));
+  // Not newer: removed.
+  w.submit(vdel("k", 10, 1, /*conditional=*/true));
+  ASSERT_TRUE(w.flush(bound));
+  EXPECT_EQ(disk->value("k"), std::nullopt);
+}
+
+// ---- failed writes: retried, reported per key, given up (issue 9, defect 13) --------------------
+
+TEST(WriteBehindRetryTest, FailedBatchIsReportedPerKeyRetriedAndPendingUntilItLands) {
+  auto layer = std::make_shared<recording_layer>();
+  std::atomic<bool> down{true};
+  layer->set_hook(
+      [&](std::string_view) { return down.load() ? status(errc::timeout, "down") : status(); });
+  std::mutex mu;
+  std::vector<std::string> reported;
+  write_behind w({layer.get()},
+                 {.threads = 1, .retry_backoff_first = 5ms, .retry_backoff_last = 20ms},
+                 [&](std::size_t, std::string_view key, const status&) {
+                   std::lock_guard lock(mu);
+                   reported.emplace_back(key);
+                 },
+                 {});
+  w.submit(set_op("a", "1"));
+  w.submit(set_op("b", "2"));
+  w.submit(del_op("c"));
+  ASSERT_TRUE(w.flush(bound));  // attempted (and failed) once
+  EXPECT_TRUE(eventually([&] {
+    std::lock_guard lock(mu);
+    return reported.size() >= 3;
+  }));
+  {
+    std::lock_guard lock(mu);
+    std::sort(reported.begin(), reported.end());
+    EXPECT_EQ(reported, (std::vector<std::string>{"a", "b", "c"}))
+        << "every failed key gets its own report, once";
+  }
+  EXPECT_EQ(w.retained(), 3u);
+  EXPECT_EQ(pending_of(w, "a"), write_behind::pending_kind::set) << "read-your-writes lost";
+  EXPECT_EQ(pending_of(w, "c"), write_behind::pending_kind::del);
+  down = false;  // no further submit: the retries land
+  EXPECT_TRUE(eventually([&] { return layer->value("a") == "1" && layer->value("b") == "2"; }));
+  EXPECT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
+  EXPECT_EQ(w.retained(), 0u);
+  EXPECT_EQ(pending_of(w, "a"), write_behind::pending_kind::none);
+  EXPECT_EQ(w.dropped(), 0u);
+}
+
+TEST(WriteBehindRetryTest, NewerOpSupersedesAFailedOneAndTheOlderNeverLandsAfterIt) {
+  auto layer = std::make_shared<recording_layer>();
+  std::atomic<int> failures{1};
+  layer->set_hook([&](std::string_view) {
+    return failures.fetch_sub(1) > 0 ? status(errc::unavailable, "down") : status();
+  });
+  write_behind w({layer.get()}, {.threads = 1, .retry_backoff_first = 5ms}, {}, {});
+  w.submit(vset("k", "old", 1, 1));
+  ASSERT_TRUE(w.flush(bound));
+  w.submit(vset("k", "new", 2, 1));
+  ASSERT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
+  EXPECT_EQ(layer->value("k"), envelope_of("new", 2));
+  for (const auto& a : layer->log_of("k")) EXPECT_NE(a.bytes, envelope_of("old", 1));
+}
+
+TEST(WriteBehindRetryTest, GivenUpWriteIsReportedInvalidatedAndOwesAConditionalDelete) {
+  // Sets keep failing past retry_for; deletes go through: the owed delete of the lost write's
+  // version removes the older value the layer still holds.
+  auto layer = std::make_shared<recording_layer>();
+  layer->put_for_test("k", envelope_of("older", 1));
+  layer->set_hook([](std::string_view op) {
+    return op.substr(0, 3) == "set" ? status(errc::unavailable, "down") : status();
+  });
+  std::atomic<int> dropped_keys{0};
+  write_behind w(
+      {layer.get()},
+      {.threads = 1, .retry_for = 30ms, .retry_backoff_first = 5ms, .retry_backoff_last = 10ms}, {},
+      {}, {}, [&](std::string_view key, std::uint64_t) {
+        if (key == "k") ++dropped_keys;
+      });
+  w.submit(vset("k", "lost", 5, 1));
+  EXPECT_TRUE(eventually([&] { return dropped_keys.load() >= 1; })) << "never given up";
+  EXPECT_TRUE(eventually([&] { return !layer->value("k").has_value(); }))
+      << "the older value survived the lost write";
+  EXPECT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
+  EXPECT_GE(w.dropped(), 1u);
+}
+
+TEST(WriteBehindRetryTest, PastMaxRetainedAFailureIsGivenUpAtOnce) {
+  auto layer = std::make_shared<recording_layer>();
+  layer->set_hook([](std::string_view) { return status(errc::unavailable, "down"); });
+  std::atomic<int> dropped_keys{0};
+  {
+    write_behind w({layer.get()},
+                   {.threads = 1, .batch = 1, .flush_timeout = 50ms, .max_retained = 2}, {}, {}, {},
+                   [&](std::string_view, std::uint64_t) { ++dropped_keys; });
+    for (int i = 0; i < 3; ++i) w.submit(set_op("k" + std::to_string(i), "v"));
+    ASSERT_TRUE(w.flush(bound));
+    EXPECT_EQ(w.retained(), 2u);
+    EXPECT_EQ(dropped_keys.load(), 1) << "the failure past the bound was not given up";
+  }
+  EXPECT_EQ(dropped_keys.load(), 3) << "retained writes are dropped (and said so) at shutdown";
 }
 
 }  // namespace
