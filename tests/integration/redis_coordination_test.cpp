@@ -23,6 +23,7 @@
 #include "layercache/memory_layer.hpp"
 #include "layercache/redis_layer.hpp"
 #include "support/await.hpp"
+#include "support/fake_clock.hpp"
 #include "support/redis_server.hpp"
 #include "support/tcp_fault_proxy.hpp"
 #include "support/temp_dir.hpp"
@@ -234,6 +235,41 @@ TEST_F(RedisCoordinationTest, AFetchThatStartedBeforeADeleteDoesNotResurrectTheK
   instance c = make();
   EXPECT_EQ(*c.cache->get<std::string>("k", [] { return std::string("fresh"); }), "fresh")
       << "a fill from before the delete replaced its tombstone";
+}
+
+// Library defect found while fixing the flaky test above (issue #9 defect 16): two instances issue
+// versions from independent clocks (wall milliseconds << 16 | a per-process counter), so a delete
+// that begins after another instance's miss, within the same millisecond of the (coarse, ~4 ms)
+// clock, gets an EQUAL version, and lua_write's "not older" (>=) lets the older fill overwrite the
+// tombstone: the deleted value comes back for every instance. version_clock.hpp's "exactly on one
+// host" does not hold for two processes on one host. Forced here: both stacks read one frozen
+// clock, and A's bus messages are held (paused proxy) so that its fill is not marked stale by the
+// delete's announcement before it is queued. Disabled until the library is fixed: fails on main.
+TEST_F(RedisCoordinationTest, DISABLED_ADeleteIssuedAfterAMissElsewhereWinsInTheSameMillisecond) {
+  auto frozen = std::make_shared<fake_clock>(default_clock()->now_ms());
+  tcp_fault_proxy proxy(server_.host(), server_.port());
+  auto via_proxy = options();
+  via_proxy.url = proxy.url();
+  instance a = make(via_proxy, {.clock = frozen}), b = make(options(), {.clock = frozen});
+  gate fetching, release;
+  std::jthread filler([&] {
+    (void)a.cache->get<std::string>("k", [&] {
+      fetching.open();
+      release.wait();
+      return std::string("stale");
+    });
+  });
+  ASSERT_TRUE(fetching.wait());
+  proxy.pause(true);  // A hears nothing and sends nothing until its fill is queued
+  ASSERT_TRUE(b.cache->del("k").ok());
+  ASSERT_TRUE(b.cache->flush());
+  release.open();
+  filler.join();
+  proxy.pause(false);
+  ASSERT_TRUE(a.cache->flush());
+  instance c = make();
+  EXPECT_EQ(*c.cache->get<std::string>("k", [] { return std::string("fresh"); }), "fresh")
+      << "a fill whose miss began before the delete replaced its tombstone (equal versions)";
 }
 
 TEST_F(RedisCoordinationTest, AnOlderWriteLandingLateIsRefusedAndItsWriterDropsItsCopy) {
