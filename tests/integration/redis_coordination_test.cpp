@@ -325,8 +325,11 @@ TEST_F(RedisCoordinationTest, ATaggedFillStillOnItsWayIsFencedOutByATagInvalidat
   (void)b.cache->get<std::string>("report", [] { return std::string("stale"); },
                                   {.tags = {"user:1"}});
   ASSERT_TRUE(a.cache->invalidate_tag("user:1").ok());
-  ASSERT_TRUE(
-      eventually([&] { return b.cache->get_if_present<std::string>("report") == nullptr; }));
+  ASSERT_TRUE(eventually([&] { return b.cache->get_if_present<std::string>("report") == nullptr; }))
+      << "bus subscribers " << bus_subscribers("co:__lc:bus") << ", B received "
+      << b.cache->metrics().bus_received << " messages, resyncs " << b.cache->metrics().bus_resyncs
+      << ", pending writes " << b.cache->metrics().pending_writes << ", Redis holds "
+      << server_.cli({"GET", "co:report"}).size() << " bytes";
   ASSERT_TRUE(b.cache->flush());
   proxy.set_latency(0ms, 0ms);
   instance c = make();
