@@ -577,11 +577,11 @@ TEST_F(RedisLayerTest, ConcurrentL1MissesOfOneKeyCauseExactlyOneRedisGet) {
 // ---- a slow or dead Redis ----------------------------------------------------------------------
 
 // What this proves is counted, not timed (a wall-clock bound on a functional test fails on a loaded
-// machine, issue #9 defect 16): each blackholed miss makes exactly one failed Redis call (its
-// read, ended by the deadline or by the connection the deadline left unusable), and once the
-// breaker is open no call reaches the client at all: every read and write of the open phase is
-// refused by a breaker ("breaker open"), none fails any other way. The only wall-clock bound left
-// is a generous backstop against a hang.
+// machine, issue #9 defect 16): each blackholed miss fails its one Redis read (ended by the
+// deadline or by the connection the deadline left unusable) and falls back to the fetcher once,
+// and once the breaker is open no call reaches the client at all: every read and write of the open
+// phase (retried writes included) is refused by a breaker ("breaker open"), none fails any other
+// way. The only wall-clock bound left is a generous backstop against a hang.
 TEST_F(RedisLayerTest, BlackholedRedisCostsAMissAtMostTheReadDeadlineThenTheBreakerSkipsIt) {
   constexpr auto read_deadline = 50ms;
   constexpr std::uint32_t breaker_failures = 3;
@@ -614,23 +614,23 @@ TEST_F(RedisLayerTest, BlackholedRedisCostsAMissAtMostTheReadDeadlineThenTheBrea
     // The background write of the previous miss's value times out too: let it finish first, so
     // the only timeout counted during this get is the get's own read.
     ASSERT_TRUE(cache.flush());
-    const auto errors_before = metrics_of(cache, "redis").errors;
+    const auto fallbacks_before = cache.metrics().coordination_fallbacks;
     const auto start = steady::now();
     auto v = cache.get<std::string>(key, fetch_1ms(key));
     const auto took = since(start);
     slowest = std::max(slowest, took);
     ASSERT_NE(v, nullptr);
     EXPECT_EQ(*v, key);
-    EXPECT_EQ(metrics_of(cache, "redis").errors, errors_before + 1)
-        << key << ": not exactly one failed Redis call on the miss";
+    EXPECT_EQ(cache.metrics().coordination_fallbacks, fallbacks_before + 1)
+        << key << ": the miss did not fail its Redis read exactly once";
     // Backstop only: a read without a working deadline would wait until the client's health
     // check declared the connection dead (3 s) or forever.
     EXPECT_LT(took, read_deadline + 2s) << key;
   }
   ASSERT_TRUE(cache.flush());  // the last value's write fails too, and the write breaker opens
   auto m = metrics_of(cache, "redis");
-  // The reads and the background writes of the fetched values.
-  EXPECT_EQ(m.errors, 2u * breaker_failures);
+  // The reads and the background writes of the fetched values (which may be retried).
+  EXPECT_GE(m.errors, 2u * breaker_failures);
   EXPECT_GE(m.timeouts, 1u) << "a blackholed read is a deadline miss";
   EXPECT_EQ(m.breaker_state, "open");
   EXPECT_GE(m.breaker_opens, 1u);
