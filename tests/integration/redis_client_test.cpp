@@ -40,11 +40,12 @@ using test::redis_server;
 using test::redis_server_options;
 using test::tcp_fault_proxy;
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr auto k_slack = 400ms;  // sanitizers slow everything down, the scheduler included
-#else
-constexpr auto k_slack = 150ms;  // a loaded 2-core CI machine still wakes us within this
-#endif
+// Upper bounds on call times are backstops, not precision measurements: each bounds a call whose
+// failure mode is seconds long (a 5 s deadline not honoured, a deadline that never fires and
+// leaves the call to the 3 s health check, a destructor waiting for 30 s deadlines), so 1 s
+// still tells the two apart while a loaded 2-core machine, where a 150 ms slack failed
+// (issue #9 defect 16), cannot. Lower bounds (never before the deadline) stay exact.
+constexpr auto k_slack = 1s;
 
 using layercache::test::eventually;
 

@@ -15,6 +15,7 @@
 
 #include "layercache/cache_namespace.hpp"
 #include "layercache/cache_stack.hpp"
+#include "layercache/clock.hpp"
 #include "layercache/error.hpp"
 #if LAYERCACHE_TEST_WITH_DISK
 #include "layercache/disk_layer.hpp"
@@ -22,6 +23,7 @@
 #include "layercache/memory_layer.hpp"
 #include "layercache/redis_layer.hpp"
 #include "support/await.hpp"
+#include "support/fake_clock.hpp"
 #include "support/redis_server.hpp"
 #include "support/tcp_fault_proxy.hpp"
 #include "support/temp_dir.hpp"
@@ -52,15 +54,36 @@ class RedisCoordinationTest : public ::testing::Test {
     return o;
   }
 
+  // An instance whose bus subscription is confirmed by the server. A redis_layer's constructor
+  // waits for its subscription only up to connect_timeout + 100 ms; under a sanitizer on a loaded
+  // machine it can return before, and an instance that is not yet subscribed misses what others
+  // announce meanwhile (its L1 copies are then bounded by bus_down_l1_ttl, but a write it has
+  // queued is not fenced by a group invalidation it never heard).
   instance make(redis_layer_options o, stack_options so = {}) {
+    const std::string bus = o.prefix + "__lc:bus";
+    const int before = bus_subscribers(bus);
     instance i;
     i.l1 = memory_layer::create({});
     i.l2 = redis_layer::create(std::move(o));
     i.cache = std::make_unique<cache_stack>(std::vector<std::shared_ptr<layer>>{i.l1, i.l2},
                                             std::move(so));
+    EXPECT_TRUE(eventually([&] { return bus_subscribers(bus) > before; }))
+        << "the instance never subscribed to " << bus;
     return i;
   }
   instance make() { return make(options()); }
+
+  // Connections subscribed to `channel`, as the server counts them.
+  int bus_subscribers(const std::string& channel) {
+    // The reply is the array {channel, count}, joined with newlines by cli().
+    const std::string out = server_.cli({"PUBSUB", "NUMSUB", channel});
+    const auto nl = out.rfind('\n');
+    try {
+      return std::stoi(nl == std::string::npos ? out : out.substr(nl + 1));
+    } catch (const std::exception&) {
+      return -1;
+    }
+  }
 
   static std::string l1_of(instance& i, const std::string& key) {
     auto v = i.cache->get_if_present<std::string>(key);
@@ -116,7 +139,9 @@ TEST_F(RedisCoordinationTest, AFailedFetchReleasesTheLeaseAndTheWaiterFetchesAtO
   const auto took = steady::now() - start;
   ASSERT_NE(v, nullptr);
   EXPECT_EQ(*v, "from-b");
-  EXPECT_LT(took, 3s) << "the waiter waited for the lease to expire instead of being woken";
+  // Generous on purpose (a loaded machine must not fail it): without the release the waiter
+  // would sleep until the lease expired or lease_wait passed, 10 s either way.
+  EXPECT_LT(took, 5s) << "the waiter waited for the lease to expire instead of being woken";
   EXPECT_EQ(b.cache->metrics().lease_waits, 1u);
 }
 
@@ -133,15 +158,25 @@ TEST_F(RedisCoordinationTest, AWaiterTakesOverAfterLeaseWait) {
     });
   });
   ASSERT_TRUE(eventually([&] { return a_fetching.load(); }));
-  const auto start = steady::now();
+  // B's miss must begin in a later millisecond of the stacks' (coarse, ~4 ms) clock than A's, as a
+  // later miss on another host would. In the same millisecond the two stacks' versions tie by
+  // their independent counters, and A's fenced-out fill can then tombstone B's value: issue #9
+  // defect 16 — this test failed 9 times in 60 on an idle machine with C reading "refetched" over
+  // a tombstone (a library defect, reported; not what this test is about).
+  const unix_ms a_began = default_clock()->now_ms();
+  ASSERT_TRUE(eventually([&] { return default_clock()->now_ms() > a_began; }));
+  // No wall-clock bound on B's get: "from-b" and the takeover counter prove B did not wait for
+  // A's fill (it would have read "from-a"), and a timed bound only fails on a loaded machine.
   auto v = b.cache->get<std::string>("k", [] { return std::string("from-b"); });
-  EXPECT_LT(steady::now() - start, 1500ms);
   ASSERT_NE(v, nullptr);
   EXPECT_EQ(*v, "from-b");
   EXPECT_EQ(b.cache->metrics().lease_takeovers, 1u);
+  // B's fill goes to Redis in the background: wait for it before C reads.
+  ASSERT_TRUE(b.cache->flush());
   holder.join();
   // A's lease was taken over, so its late fill is fenced out: B's value stays.
   ASSERT_TRUE(a.cache->flush());
+  EXPECT_GE(a.cache->metrics().cas_rejections, 1u) << "A's fill was not fenced out";
   instance c = make(o);
   EXPECT_EQ(*c.cache->get<std::string>("k", [] { return std::string("refetched"); }), "from-b");
 }
@@ -186,6 +221,12 @@ TEST_F(RedisCoordinationTest, AFetchThatStartedBeforeADeleteDoesNotResurrectTheK
     });
   });
   ASSERT_TRUE(eventually([&] { return fetching.load(); }));
+  // The delete must begin in a later millisecond of the stacks' (coarse, ~4 ms) clock than A's
+  // miss: in the same millisecond the versions of two stacks tie by their independent counters
+  // and A's fill may win over the tombstone (issue #9 defect 16: this test failed 6 times in 100,
+  // C reading "stale"; a library defect, reported — not what this test is about).
+  const unix_ms a_began = default_clock()->now_ms();
+  ASSERT_TRUE(eventually([&] { return default_clock()->now_ms() > a_began; }));
   ASSERT_TRUE(b.cache->del("k").ok());
   ASSERT_TRUE(b.cache->flush());
   deleted = true;
@@ -194,6 +235,41 @@ TEST_F(RedisCoordinationTest, AFetchThatStartedBeforeADeleteDoesNotResurrectTheK
   instance c = make();
   EXPECT_EQ(*c.cache->get<std::string>("k", [] { return std::string("fresh"); }), "fresh")
       << "a fill from before the delete replaced its tombstone";
+}
+
+// Library defect found while fixing the flaky test above (issue #9 defect 16): two instances issue
+// versions from independent clocks (wall milliseconds << 16 | a per-process counter), so a delete
+// that begins after another instance's miss, within the same millisecond of the (coarse, ~4 ms)
+// clock, gets an EQUAL version, and lua_write's "not older" (>=) lets the older fill overwrite the
+// tombstone: the deleted value comes back for every instance. version_clock.hpp's "exactly on one
+// host" does not hold for two processes on one host. Forced here: both stacks read one frozen
+// clock, and A's bus messages are held (paused proxy) so that its fill is not marked stale by the
+// delete's announcement before it is queued. Disabled until the library is fixed: fails on main.
+TEST_F(RedisCoordinationTest, DISABLED_ADeleteIssuedAfterAMissElsewhereWinsInTheSameMillisecond) {
+  auto frozen = std::make_shared<fake_clock>(default_clock()->now_ms());
+  tcp_fault_proxy proxy(server_.host(), server_.port());
+  auto via_proxy = options();
+  via_proxy.url = proxy.url();
+  instance a = make(via_proxy, {.clock = frozen}), b = make(options(), {.clock = frozen});
+  gate fetching, release;
+  std::jthread filler([&] {
+    (void)a.cache->get<std::string>("k", [&] {
+      fetching.open();
+      release.wait();
+      return std::string("stale");
+    });
+  });
+  ASSERT_TRUE(fetching.wait());
+  proxy.pause(true);  // A hears nothing and sends nothing until its fill is queued
+  ASSERT_TRUE(b.cache->del("k").ok());
+  ASSERT_TRUE(b.cache->flush());
+  release.open();
+  filler.join();
+  proxy.pause(false);
+  ASSERT_TRUE(a.cache->flush());
+  instance c = make();
+  EXPECT_EQ(*c.cache->get<std::string>("k", [] { return std::string("fresh"); }), "fresh")
+      << "a fill whose miss began before the delete replaced its tombstone (equal versions)";
 }
 
 TEST_F(RedisCoordinationTest, AnOlderWriteLandingLateIsRefusedAndItsWriterDropsItsCopy) {
@@ -249,8 +325,11 @@ TEST_F(RedisCoordinationTest, ATaggedFillStillOnItsWayIsFencedOutByATagInvalidat
   (void)b.cache->get<std::string>("report", [] { return std::string("stale"); },
                                   {.tags = {"user:1"}});
   ASSERT_TRUE(a.cache->invalidate_tag("user:1").ok());
-  ASSERT_TRUE(
-      eventually([&] { return b.cache->get_if_present<std::string>("report") == nullptr; }));
+  ASSERT_TRUE(eventually([&] { return b.cache->get_if_present<std::string>("report") == nullptr; }))
+      << "bus subscribers " << bus_subscribers("co:__lc:bus") << ", B received "
+      << b.cache->metrics().bus_received << " messages, resyncs " << b.cache->metrics().bus_resyncs
+      << ", pending writes " << b.cache->metrics().pending_writes << ", Redis holds "
+      << server_.cli({"GET", "co:report"}).size() << " bytes";
   ASSERT_TRUE(b.cache->flush());
   proxy.set_latency(0ms, 0ms);
   instance c = make();
@@ -350,7 +429,10 @@ TEST_F(RedisCoordinationTest, UnreachableRedisDegradesSingleFlightToTheProcess) 
   auto o = options();
   o.url = "redis://127.0.0.1:1";  // nothing listens there
   o.connect_timeout = 50ms;
-  instance a = make(o);
+  instance a;  // not make(): it would wait for a subscription that cannot happen
+  a.l1 = memory_layer::create({});
+  a.l2 = redis_layer::create(o);
+  a.cache = std::make_unique<cache_stack>(std::vector<std::shared_ptr<layer>>{a.l1, a.l2});
   int calls = 0;
   auto v = a.cache->get<std::string>("k", [&] {
     ++calls;

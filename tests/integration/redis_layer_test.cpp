@@ -10,9 +10,11 @@
 // the caller's path (latency, strict writes, bounded shutdown), MGET / pipelines, and per-key write
 // order. Tests assert metrics and events, not only values.
 //
-// Every loop is bounded in count and time and waits for conditions with deadlines. Timing bounds
-// follow the issue; under sanitizers (which slow everything, the scheduler included) the slack is
-// larger. Tests that measure something print a "[ measure  ]" line.
+// Every loop is bounded in count and time and waits for conditions with deadlines. What a test
+// proves is asserted through counters, events and held traffic (the proxy's pause), not through
+// tight wall-clock bounds, which fail on a loaded machine (issue #9 defect 16); the few time bounds
+// left are lower bounds or generous backstops against a hang. Tests that measure something print
+// a "[ measure  ]" line.
 #include "layercache/redis_layer.hpp"
 
 #include <gtest/gtest.h>
@@ -49,14 +51,6 @@ namespace {
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 using ms = std::chrono::milliseconds;
-
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool k_sanitized = true;
-#else
-constexpr bool k_sanitized = false;
-#endif
-// Extra allowance on timing bounds under sanitizers only; zero in a normal build.
-constexpr ms k_sanitizer_slack = k_sanitized ? 150ms : 0ms;
 
 constexpr auto k_bound = 10s;  // upper bound of every wait; a test that reaches it has failed
 
@@ -582,12 +576,19 @@ TEST_F(RedisLayerTest, ConcurrentL1MissesOfOneKeyCauseExactlyOneRedisGet) {
 
 // ---- a slow or dead Redis ----------------------------------------------------------------------
 
+// What this proves is counted, not timed (a wall-clock bound on a functional test fails on a loaded
+// machine, issue #9 defect 16): each blackholed miss fails its one Redis read (ended by the
+// deadline or by the connection the deadline left unusable) and falls back to the fetcher once,
+// and once the breaker is open no call reaches the client at all: every read and write of the open
+// phase (retried writes included) is refused by a breaker ("breaker open"), none fails any other
+// way. The only wall-clock bound left is a generous backstop against a hang.
 TEST_F(RedisLayerTest, BlackholedRedisCostsAMissAtMostTheReadDeadlineThenTheBreakerSkipsIt) {
   constexpr auto read_deadline = 50ms;
   constexpr std::uint32_t breaker_failures = 3;
   // Longer than the client's health interval (1 s), after which it replaces the connections that
-  // lost replies in the blackhole: the probe then finds a working connection.
-  constexpr auto open_for = 1500ms;
+  // lost replies in the blackhole: the probe then finds a working connection. Also far longer
+  // than the open phase below takes even on a loaded machine, so no probe runs during it.
+  constexpr auto open_for = 3000ms;
   tcp_fault_proxy proxy(server_.host(), server_.port());
   auto o = options_for(proxy.url(), "bh:");
   o.read_deadline = read_deadline;
@@ -610,26 +611,36 @@ TEST_F(RedisLayerTest, BlackholedRedisCostsAMissAtMostTheReadDeadlineThenTheBrea
   ms slowest{0};
   for (std::uint32_t i = 0; i < breaker_failures; ++i) {
     const std::string key = "slow" + std::to_string(i);
+    // The background write of the previous miss's value times out too: let it finish first, so
+    // the only timeout counted during this get is the get's own read.
+    ASSERT_TRUE(cache.flush());
+    const auto fallbacks_before = cache.metrics().coordination_fallbacks;
     const auto start = steady::now();
     auto v = cache.get<std::string>(key, fetch_1ms(key));
     const auto took = since(start);
     slowest = std::max(slowest, took);
     ASSERT_NE(v, nullptr);
     EXPECT_EQ(*v, key);
-    EXPECT_LT(took, read_deadline + 100ms + k_sanitizer_slack) << key;
+    EXPECT_EQ(cache.metrics().coordination_fallbacks, fallbacks_before + 1)
+        << key << ": the miss did not fail its Redis read exactly once";
+    // Backstop only: a read without a working deadline would wait until the client's health
+    // check declared the connection dead (3 s) or forever.
+    EXPECT_LT(took, read_deadline + 2s) << key;
   }
-  // Errors and timeouts also count the background writes of the fetched values, which time out
-  // too: hence "at least".
+  ASSERT_TRUE(cache.flush());  // the last value's write fails too, and the write breaker opens
   auto m = metrics_of(cache, "redis");
-  EXPECT_GE(m.errors, breaker_failures);
+  // The reads and the background writes of the fetched values (which may be retried).
+  EXPECT_GE(m.errors, 2u * breaker_failures);
   EXPECT_GE(m.timeouts, 1u) << "a blackholed read is a deadline miss";
   EXPECT_EQ(m.breaker_state, "open");
   EXPECT_GE(m.breaker_opens, 1u);
   EXPECT_EQ(events.count(event_type::breaker_open, "redis", "read"), 1u) << events.describe();
   EXPECT_GE(events.count(event_type::layer_error, "redis"), breaker_failures);
   const auto errors_when_opened = m.errors;
+  const auto events_when_opened = events.size();
 
-  // Open: a miss costs about the fetcher only.
+  // Open: a miss costs about the fetcher only — nothing goes to the network. The blackhole is
+  // still on, so a read or write that reached the client would end in a timeout.
   ms fastest_open{1000}, slowest_open{0};
   for (int i = 0; i < 10; ++i) {
     const std::string key = "open" + std::to_string(i);
@@ -640,11 +651,23 @@ TEST_F(RedisLayerTest, BlackholedRedisCostsAMissAtMostTheReadDeadlineThenTheBrea
     fastest_open = std::min(fastest_open, took);
     ASSERT_NE(v, nullptr);
     EXPECT_EQ(*v, key);
-    EXPECT_LT(took, 20ms + k_sanitizer_slack) << key << ": an open breaker still costs time";
   }
+  ASSERT_TRUE(cache.flush());
   EXPECT_EQ(cache.metrics().fetches, breaker_failures + 10u);
-  EXPECT_GE(metrics_of(cache, "redis").errors, errors_when_opened + 10u)
-      << "refused reads are counted as layer errors";
+  m = metrics_of(cache, "redis");
+  EXPECT_EQ(m.breaker_state, "open");
+  // Refused reads, and refused writes of the fetched values (a refused batch may count once).
+  EXPECT_GE(m.errors, errors_when_opened + 10u) << "refused reads are counted as layer errors";
+  std::size_t refused = 0, reached = 0;
+  {
+    const auto all = events.all();
+    for (std::size_t i = events_when_opened; i < all.size(); ++i) {
+      if (all[i].type != event_type::layer_error || all[i].layer != "redis") continue;
+      ++(all[i].message.find("breaker open") != std::string::npos ? refused : reached);
+    }
+  }
+  EXPECT_GE(refused, 10u);
+  EXPECT_EQ(reached, 0u) << "an open breaker let a call reach Redis\n" << events.describe();
 
   // Heal; after open_for exactly one probe goes through and closes the read breaker.
   proxy.blackhole(false);
@@ -686,42 +709,47 @@ TEST_F(RedisLayerTest, BlackholedRedisCostsAMissAtMostTheReadDeadlineThenTheBrea
 // ---- writes ------------------------------------------------------------------------------------
 
 TEST_F(RedisLayerTest, WritesToASlowRedisHappenOffTheCallersPath) {
-  constexpr auto latency = 100ms;
   tcp_fault_proxy proxy(server_.host(), server_.port());
   auto o = options_for(proxy.url(), "slow:");
   o.read_deadline = 1s;
   o.write_deadline = 2s;
   cache_stack cache({memory_layer::create({}), redis_layer::create(o)});
 
-  // The fetcher turns the latency on: the read before it ran at loopback speed, and everything
-  // after it — the write of the fetched value — crosses a 100 ms link.
+  // The fetcher holds the link (the proxy keeps everything sent after it): the read before it
+  // ran at loopback speed, and the write of the fetched value cannot reach Redis until the test
+  // releases it. So a get that waited for its write would not return before the release; one that
+  // returns while the write is still queued proved it did not wait — no wall-clock bound needed.
   const auto start = steady::now();
   auto v = cache.get<std::string>("fetched", [&] {
-    proxy.set_latency(latency, 0ms);
+    proxy.pause(true);
     return std::string("F");
   });
   const auto get_took = since(start);
   ASSERT_NE(v, nullptr);
   EXPECT_EQ(*v, "F");
-  EXPECT_LT(get_took, latency / 2 + k_sanitizer_slack) << "the get waited for the Redis write";
+  EXPECT_EQ(cache.metrics().pending_writes, 1u) << "the get waited for the Redis write";
+  EXPECT_EQ(server_.cli({"EXISTS", "slow:fetched"}), "0");
+  proxy.pause(false);
   const auto flush_start = steady::now();
   ASSERT_TRUE(cache.flush());
   const auto flush_took = since(flush_start);
-  EXPECT_GE(flush_took, latency - 10ms) << "the write did not cross the slow link after the get";
   EXPECT_EQ(server_.cli({"EXISTS", "slow:fetched"}), "1");
 
+  proxy.pause(true);
   const auto set_start = steady::now();
   ASSERT_TRUE(cache.set<std::string>("set", "S").ok());
   const auto set_took = since(set_start);
-  EXPECT_LT(set_took, latency / 2 + k_sanitizer_slack);
+  EXPECT_EQ(cache.metrics().pending_writes, 1u) << "the set waited for the Redis write";
   EXPECT_EQ(*cache.get<std::string>("set", [] { return std::string("unexpected"); }), "S");
+  EXPECT_EQ(server_.cli({"EXISTS", "slow:set"}), "0");
+  proxy.pause(false);
   ASSERT_TRUE(cache.flush());
   EXPECT_EQ(server_.cli({"EXISTS", "slow:set"}), "1");
   std::printf(
-      "[ measure  ] with %lld ms to Redis: get+fetch %lld ms, set %lld ms, flush of the "
+      "[ measure  ] with Redis held: get+fetch %lld ms, set %lld ms; flush of the released "
       "background write %lld ms\n",
-      static_cast<long long>(latency.count()), static_cast<long long>(get_took.count()),
-      static_cast<long long>(set_took.count()), static_cast<long long>(flush_took.count()));
+      static_cast<long long>(get_took.count()), static_cast<long long>(set_took.count()),
+      static_cast<long long>(flush_took.count()));
 }
 
 TEST_F(RedisLayerTest, StrictSetToABlackholedRedisWaitsForTheDeadlineAndReportsTheFailure) {
@@ -742,7 +770,10 @@ TEST_F(RedisLayerTest, StrictSetToABlackholedRedisWaitsForTheDeadlineAndReportsT
   ASSERT_EQ(s.failures().size(), 1u) << s.message();
   EXPECT_EQ(s.failures()[0].layer, "redis");
   EXPECT_GE(took, write_deadline - 5ms) << "a strict write did not wait for Redis";
-  EXPECT_LT(took, write_deadline + 150ms + k_sanitizer_slack);
+  // Backstop only (a loaded machine must not fail it): without a working deadline the write
+  // would wait for the client's health check (3 s) or forever. The failure status above is what
+  // proves the deadline ended it.
+  EXPECT_LT(took, write_deadline + 2s);
   if (s.code() == errc::timeout) {
     EXPECT_GE(metrics_of(cache, "redis").timeouts, 1u);
   }
@@ -765,13 +796,16 @@ TEST_F(RedisLayerTest, DestroyingAStackWithQueuedWritesToABlackholedRedisIsBound
   o.write_deadline = write_deadline;
   o.breaker_failures = 1000;  // keep every write going to the network
   auto l2 = redis_layer::create(o);
+  event_log events;
   auto cache = std::make_unique<cache_stack>(
       std::vector<std::shared_ptr<layer>>{memory_layer::create({}), l2},
-      stack_options{.write_threads = 1, .shutdown_flush_timeout = shutdown_flush_timeout});
+      stack_options{.on_event = events.callback(),
+                    .write_threads = 1,
+                    .shutdown_flush_timeout = shutdown_flush_timeout});
   proxy.blackhole(true);
-  // 1000 writes: at most 256 per pipeline, each pipeline waits write_deadline: far more than
-  // shutdown_flush_timeout to drain.
-  for (int i = 0; i < 1000; ++i) {
+  // 4000 writes: at most 256 per pipeline, each pipeline waits write_deadline, 16 × 150 ms =
+  // 2.4 s to drain: far more than shutdown_flush_timeout.
+  for (int i = 0; i < 4000; ++i) {
     ASSERT_TRUE(cache->set<std::string>("k" + std::to_string(i), "v").ok());
   }
   const auto queued = cache->metrics().pending_writes;
@@ -779,9 +813,16 @@ TEST_F(RedisLayerTest, DestroyingAStackWithQueuedWritesToABlackholedRedisIsBound
   const auto start = steady::now();
   cache.reset();
   const auto took = since(start);
-  // The destructor gives up waiting after shutdown_flush_timeout; a write already on the wire
-  // cannot be interrupted and ends at its own deadline.
-  EXPECT_LT(took, shutdown_flush_timeout + write_deadline + 150ms + k_sanitizer_slack);
+  // The destructor gives up waiting after shutdown_flush_timeout (a write already on the wire
+  // cannot be interrupted and ends at its own deadline): what was still queued is dropped, each
+  // reported. Counted, not timed; the time bound is a generous backstop, still well below the
+  // 2.4 s a destructor that drained everything would take.
+  std::size_t dropped = 0;
+  for (const auto& e : events.all()) {
+    if (e.message.find("dropped at shutdown") != std::string::npos) ++dropped;
+  }
+  EXPECT_GT(dropped, 0u) << "the destructor drained every queued write instead of giving up";
+  EXPECT_LT(took, shutdown_flush_timeout + write_deadline + 1s);
   EXPECT_GE(took, shutdown_flush_timeout - 5ms) << "queued writes were not waited for at all";
   std::printf(
       "[ measure  ] destroying a stack with %llu queued writes to a blackholed Redis "
