@@ -94,6 +94,10 @@ class layer {
 struct byte_read {
   status error;                      // not ok when the backend failed (the read counts as a miss)
   std::optional<std::string> bytes;  // the stored envelope, when present
+  // When absent: the version of a delete the layer still remembers (a tombstone), else 0. A copy
+  // of the key in a layer below with a version not newer than it was deleted and must not be
+  // served.
+  std::uint64_t deleted_version = 0;
 };
 
 // One write of a batch.

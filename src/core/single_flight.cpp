@@ -11,7 +11,12 @@ flight_table::joined flight_table::join(std::string_view key, std::uint64_t hash
                                         const type_ops* ops) {
   shard& s = shard_for(hash);
   std::lock_guard lock(s.mu);
-  if (auto it = s.map.find(key); it != s.map.end()) return {it->second, false};
+  if (auto it = s.map.find(key); it != s.map.end()) {
+    // A stale fetch answers only those who asked before the invalidation; a caller arriving after
+    // it (maybe the thread whose del marked it) must not get the value it removed: lead anew.
+    if (!it->second->invalidated) return {it->second, false};
+    s.map.erase(it);
+  }
   auto f = std::make_shared<flight>();
   f->key.assign(key);
   f->hash = hash;

@@ -58,7 +58,8 @@ class flight_table {
 
   explicit flight_table(std::size_t shards = 64);
 
-  // Returns the in-flight fetch of `key`, or registers a new one led by the caller.
+  // Returns the in-flight fetch of `key`, or registers a new one led by the caller — also when the
+  // one in flight was invalidated (it stays with its leader and earlier followers).
   joined join(std::string_view key, std::uint64_t hash, const type_ops* ops);
 
   // Marks an in-flight fetch of `key` stale. Returns whether there was one.

@@ -312,7 +312,13 @@ struct cache_stack::impl {
   std::optional<found_entry> take(std::size_t i, std::string_view key, byte_read&& r,
                                   const detail::type_ops& ops, unix_ms now);
 
-  std::optional<found_entry> read(std::size_t i, std::string_view key, const detail::type_ops& ops);
+  // Reads byte layer i; raises `fence` to a delete the layer remembers, and drops (and deletes) a
+  // copy not newer than `fence`.
+  std::optional<found_entry> read(std::size_t i, std::string_view key, const detail::type_ops& ops,
+                                  std::uint64_t& fence);
+  // Whether a copy of `key` with `version` in byte layer i is older than a delete (`fence`) a
+  // layer above remembers; if so, deletes it there.
+  bool fenced(std::size_t i, std::string_view key, std::uint64_t version, std::uint64_t fence);
 
   // Looks for `key` below L1: first among this process's queued writes (read-your-writes), then in
   // each byte layer in order. `found_at` is the index of the layer that answered (0 for a queued

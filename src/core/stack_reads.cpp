@@ -89,11 +89,24 @@ std::optional<found_entry> cache_stack::impl::take(std::size_t i, std::string_vi
 }
 
 std::optional<found_entry> cache_stack::impl::read(std::size_t i, std::string_view key,
-                                                   const detail::type_ops& ops) {
+                                                   const detail::type_ops& ops,
+                                                   std::uint64_t& fence) {
   const auto start = steady::now();
   byte_read r = bytes[i]->get(key);
   stats[i].latency.record(elapsed_ns(start));
-  return take(i, key, std::move(r), ops, clock->now_ms());
+  fence = std::max(fence, r.deleted_version);
+  auto e = take(i, key, std::move(r), ops, clock->now_ms());
+  if (e && fenced(i, key, e->version, fence)) return std::nullopt;
+  return e;
+}
+
+bool cache_stack::impl::fenced(std::size_t i, std::string_view key, std::uint64_t version,
+                               std::uint64_t fence) {
+  if (fence == 0 || version > fence) return false;
+  // Deleted after this copy was written (maybe while this instance was away): every reader would
+  // be fenced the same way, so the copy goes.
+  (void)bytes[i]->del(key);
+  return true;
 }
 
 std::optional<found_entry> cache_stack::impl::find_below(std::string_view key, std::uint64_t hash,
@@ -110,19 +123,18 @@ std::optional<found_entry> cache_stack::impl::find_below(std::string_view key, s
     case detail::write_behind::pending_kind::none:
       break;
   }
+  // The newest delete a layer above remembers (a tombstone): older copies below are not served.
+  std::uint64_t fence = 0;
   for (std::size_t i = 0; i < bytes.size(); ++i) {
     if (i == coord_at && lease != nullptr) {
       if (auto e = acquire(i, key, ops, *lease, *call)) {
         found_at = i;
         return e;
       }
+      fence = std::max(fence, lease->tombstone);
       continue;
     }
-    if (auto e = read(i, key, ops)) {
-      if (lease != nullptr && i > coord_at && e->version < lease->tombstone) {
-        (void)bytes[i]->del(key);  // deleted elsewhere after this copy was written
-        continue;
-      }
+    if (auto e = read(i, key, ops, fence)) {
       found_at = i;
       return e;
     }
@@ -366,11 +378,13 @@ bool cache_stack::has(std::string_view key) {
     case detail::write_behind::pending_kind::none:
       break;
   }
-  for (auto* b : m.bytes) {
-    byte_read r = b->get(key);
+  std::uint64_t fence = 0;  // as in find_below: a copy older than a delete above is not there
+  for (std::size_t i = 0; i < m.bytes.size(); ++i) {
+    byte_read r = m.bytes[i]->get(key);
+    fence = std::max(fence, r.deleted_version);
     detail::envelope_header h;
     if (r.error.ok() && r.bytes && detail::peek_envelope_header(*r.bytes, h).ok() &&
-        h.fresh_until_ms > now) {
+        h.fresh_until_ms > now && !m.fenced(i, key, h.version, fence)) {
       return true;
     }
   }
@@ -406,6 +420,7 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
     std::shared_ptr<flight> f;
     bool done = false;
     bool skip_layers = false;  // a queued write of ours decides; the byte layers are behind it
+    std::uint64_t fence = 0;   // a delete a layer read so far remembers (find_below)
   };
   std::vector<pending> led, awaited;
   for (std::string_view key : unique) {
@@ -491,7 +506,10 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
         for (std::size_t k = 0; k < asked.size(); ++k) {
           byte_read r = k < reads.size() ? std::move(reads[k])
                                          : byte_read{status(errc::internal, "short get_many"), {}};
-          if (auto e = m.take(i, asked[k]->key, std::move(r), ops, now)) {
+          asked[k]->fence = std::max(asked[k]->fence, r.deleted_version);
+          auto e = m.take(i, asked[k]->key, std::move(r), ops, now);
+          if (e && m.fenced(i, asked[k]->key, e->version, asked[k]->fence)) e.reset();
+          if (e) {
             pending& p = *asked[k];
             m.store(p.f.get(), p.key, p.hash, ops, e->value, e->negative, e->fresh_until_ms, i,
                     &e->bytes, now, fill_info{{}, 0, e->tags});

@@ -318,11 +318,14 @@ status cache_stack::clear() {
   // Writes queued before the clear must land before it, or they would resurrect cleared entries
   // (and read-your-writes would keep serving them meanwhile).
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
+  // flush() covers first attempts only: a write still waiting for a retry (Redis was down) would
+  // land after the clear. Deletes of the clear's version supersede them (write_behind.hpp).
+  const std::uint64_t version = m.versions.next(m.clock->now_ms());
+  m.fence_pending(version, [](std::string_view) { return true; });
   m.tags.clear();
   for (auto& l : m.layers) result.update(detail::attribute_to(*l, l->clear()));
   if (m.coord != nullptr) {
-    result.update(detail::attribute_to(
-        *m.bytes[m.coord_at], m.coord->announce_clear(m.versions.next(m.clock->now_ms()))));
+    result.update(detail::attribute_to(*m.bytes[m.coord_at], m.coord->announce_clear(version)));
   }
   return result;
 }
@@ -377,11 +380,14 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
     keys.insert(keys.end(), std::make_move_iterator(removed.begin()),
                 std::make_move_iterator(removed.end()));
   }
-  // This instance's copies; the coordinating layer was handled by its script (tombstones).
+  // Every layer, Redis too, gets a delete of the invalidation's version through the write queue:
+  // it is a delete of ours that read-your-writes must see until it lands (a local-only one is
+  // not), and it supersedes a write of the key still waiting for a retry, which the script could
+  // not see. In Redis it repeats the script's tombstone (same version) for the keys it found.
   for (const auto& key : keys) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
-    (void)m.apply_del(key, hash, 0, false, /*local_only=*/m.coord != nullptr);
+    (void)m.apply_del(key, hash, version);
     m.flights.invalidate(key, hash);  // again after the change: see set_erased
   }
   return result;
@@ -396,12 +402,15 @@ status cache_stack::invalidate_prefix(std::string_view prefix) {
   }
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
   m.flights.invalidate_all();
+  const std::uint64_t version = m.versions.next(m.clock->now_ms());
+  // Writes still waiting for a retry are not covered by flush(): see clear().
+  m.fence_pending(version,
+                  [&](std::string_view k) { return k.substr(0, prefix.size()) == prefix; });
   if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
   status result;
   for (std::size_t i = 0; i < m.bytes.size(); ++i) {
     if (i == m.coord_at) {
-      result.update(detail::attribute_to(
-          *m.bytes[i], m.coord->invalidate_prefix(prefix, m.versions.next(m.clock->now_ms()))));
+      result.update(detail::attribute_to(*m.bytes[i], m.coord->invalidate_prefix(prefix, version)));
     } else {
       result.update(m.erase_prefix_in(*m.bytes[i], prefix));
     }

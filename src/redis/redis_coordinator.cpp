@@ -47,6 +47,14 @@ bool is_tombstone(std::string_view b) noexcept {
          static_cast<unsigned char>(b[1]) == 0xFE;
 }
 
+std::uint64_t tombstone_version(std::string_view b) noexcept {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8 && 2 + i < b.size(); ++i) {
+    v |= static_cast<std::uint64_t>(static_cast<unsigned char>(b[2 + i])) << (8 * i);
+  }
+  return v;
+}
+
 namespace {
 
 // Shared by every script: tombstones, version extraction and comparison, message items.
@@ -108,11 +116,14 @@ return 1
 )lua";
 
 // KEYS: seq, then per write: value, lease, tag sets... ARGV: bus channel, fill channel, origin,
-// tombstone ms, n, quiet, then per write 8 fields: kind (s|f|d), hi, lo, bytes (d: the version,
-// 8 bytes LE), px ('0' = no expiry), token, tag count, key. -> per write 1 stored, 0 refused.
-// A token is checked only for a fill (a fill whose lease was taken over must not land), but any
-// write carrying one releases it: a fill turned into a tombstone (too big, already expired) gives
-// its lease back in the same step as it deletes, so a woken waiter never reads the older value.
+// tombstone ms, n, quiet (a fill loses a tie: two instances' versions can be equal when their
+// clocks read the same millisecond, and a delete or set of that millisecond must not be undone
+// by a fetch that began in it), then per write 8 fields: kind (s|f|d), hi, lo, bytes (d: the
+// version, 8 bytes LE), px ('0' = no expiry), token, tag count, key. -> per write 1 stored, 0
+// refused. A token is checked only for a fill (a fill whose lease was taken over must not land),
+// but any write carrying one releases it: a fill turned into a tombstone (too big, already expired)
+// gives its lease back in the same step as it deletes, so a woken waiter never reads the older
+// value.
 constexpr std::string_view lua_write = R"lua(
 local n = tonumber(ARGV[5])
 local ai, ki = 7, 2
@@ -130,7 +141,7 @@ for i = 1, n do
     local cur = redis.call('GET', vkey)
     if cur then
       local shi, slo = ver(cur)
-      if not not_older(hi, lo, shi, slo) then ok = false
+      if not not_older(hi, lo, shi, slo) or (kind == 'f' and hi == shi and lo == slo) then ok = false
       elseif kind == 'f' and not is_tomb(cur) then tell = true end
     end
   end

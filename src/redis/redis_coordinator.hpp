@@ -35,6 +35,8 @@ struct coordinator_context {
 // Values stored under a key after a delete: "\xA7\xFE" + the delete's version (u64 LE). Readers
 // treat it as absent; scripts compare versions against it (docs/format.md, "Redis tombstone").
 bool is_tombstone(std::string_view bytes) noexcept;
+// The version a tombstone carries (little-endian after the two marker bytes).
+std::uint64_t tombstone_version(std::string_view tombstone) noexcept;
 
 // The internal keys of a layer with prefix P live under P + "__lc:"; user keys must not start with
 // it (the stack rejects them when this layer coordinates).

@@ -223,7 +223,11 @@ byte_read redis_layer::get(std::string_view key) {
   status s = m.read_outcome(r.error);
   if (!s.ok()) return {std::move(s), std::nullopt};
   if (r.value.type == reply::kind::string) {
-    if (redis_detail::is_tombstone(r.value.str)) return {};  // a delete's version: absent
+    if (redis_detail::is_tombstone(r.value.str)) {
+      byte_read absent;  // a delete's version: absent, and a fence for the layers below
+      absent.deleted_version = redis_detail::tombstone_version(r.value.str);
+      return absent;
+    }
     return {{}, std::move(r.value.str)};
   }
   if (r.value.type == reply::kind::nil) return {};
@@ -256,7 +260,10 @@ std::vector<byte_read> redis_layer::get_many(std::span<const std::string> keys) 
   }
   for (std::size_t i = 0; i < keys.size(); ++i) {
     reply& e = r.value.elements[i];
-    if (e.type == reply::kind::string && !redis_detail::is_tombstone(e.str)) {
+    if (e.type != reply::kind::string) continue;
+    if (redis_detail::is_tombstone(e.str)) {
+      out[i].deleted_version = redis_detail::tombstone_version(e.str);
+    } else {
       out[i].bytes = std::move(e.str);
     }
   }

@@ -8,16 +8,23 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "layercache/cache_namespace.hpp"
 #include "layercache/cache_stack.hpp"
+#if LAYERCACHE_TEST_WITH_DISK
+#include "layercache/disk_layer.hpp"
+#endif
 #include "layercache/memory_layer.hpp"
 #include "layercache/redis_layer.hpp"
 #include "support/await.hpp"
 #include "support/redis_server.hpp"
 #include "support/tcp_fault_proxy.hpp"
+#include "support/temp_dir.hpp"
+#include "unit/test_byte_layer.hpp"
 
 namespace layercache::test {
 namespace {
@@ -118,6 +125,66 @@ TEST_F(CoherenceFaultsTest, EntriesCachedBeforeTheBusIsLostExpireWithinTheBusDow
                                          .count()));
   proxy_.blackhole(false);
 }
+
+#if LAYERCACHE_TEST_WITH_DISK
+// Defect 7: only get's lease path checked Redis's tombstone; get_if_present, get_many and has
+// served (on every call) a disk copy of a key deleted while this instance was away.
+TEST_F(CoherenceFaultsTest, EveryReadApiFencesADiskCopyOlderThanADeleteElsewhere) {
+  temp_dir dir;
+  const std::string disk_dir = (dir.path() / "disk").string();
+  auto stack_with_disk = [&] {
+    return std::make_unique<cache_stack>(std::vector<std::shared_ptr<layer>>{
+        memory_layer::create({}), redis_layer::create(options(server_.url())),
+        disk_layer::create({.directory = disk_dir})});
+  };
+  {
+    auto away = stack_with_disk();
+    for (const char* k : {"a", "b", "c"}) {
+      ASSERT_TRUE(away->set<std::string>(k, "old").ok());
+    }
+    ASSERT_TRUE(away->flush());
+  }  // not listening while another instance deletes the keys
+  instance other = direct();
+  const std::vector<std::string> keys{"a", "b", "c"};
+  ASSERT_TRUE(other.cache->del_many(keys).ok());
+  ASSERT_TRUE(other.cache->flush());
+
+  auto back = stack_with_disk();
+  EXPECT_EQ(back->get_if_present<std::string>("a"), nullptr);
+  EXPECT_FALSE(back->has("b"));
+  const std::vector<std::string> asked{"c"};
+  auto many = back->get_many<std::string>(asked, [](std::span<const std::string> missing) {
+    return std::vector<std::optional<std::string>>(missing.size(), std::string("refetched"));
+  });
+  ASSERT_EQ(many.size(), 1U);
+  ASSERT_NE(many[0], nullptr);
+  EXPECT_EQ(*many[0], "refetched");
+}
+
+// Defect 7: after invalidate_tag returned, has() and get_if_present() still found the key on disk
+// until the (local-only, hidden from read-your-writes) disk delete had run.
+TEST_F(CoherenceFaultsTest, HasAndGetIfPresentMissATaggedKeyRightAfterInvalidateTag) {
+  temp_dir dir;
+  auto disk = std::make_shared<faulty_byte_layer>(
+      disk_layer::create({.directory = (dir.path() / "disk").string()}));
+  cache_stack cache({memory_layer::create({}), redis_layer::create(options(server_.url())), disk});
+  ASSERT_TRUE(cache.set<std::string>("k", "v", {.tags = {"t"}}).ok());
+  ASSERT_TRUE(cache.flush());
+  gate deleting, release;
+  disk->set_hook([&](unsigned, std::string_view op) {
+    if (op == "del" || op == "del_many") {
+      deleting.open();
+      release.wait();
+    }
+  });
+  ASSERT_TRUE(cache.invalidate_tag("t").ok());
+  EXPECT_FALSE(cache.has("k"));
+  EXPECT_EQ(cache.get_if_present<std::string>("k"), nullptr);
+  release.open();
+  ASSERT_TRUE(cache.flush());
+  disk->set_hook({});
+}
+#endif
 
 }  // namespace
 }  // namespace layercache::test

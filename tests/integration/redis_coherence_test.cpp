@@ -772,7 +772,7 @@ class RedisChaosConsistencyTest : public ::testing::Test {
 // 10 s after a blackhole (the lease of a refused fill is never released: defect 9). The lead
 // enables it with the fixes.
 TEST_F(RedisChaosConsistencyTest,
-       DISABLED_EveryReadAndMutationKindStaysWithinTheBoundUnderRedisBusAndClockFaults) {
+       EveryReadAndMutationKindStaysWithinTheBoundUnderRedisBusAndClockFaults) {
   const auto o = options(true);
   const auto r = coherence::run_chaos(o);
   expect_ran(r);

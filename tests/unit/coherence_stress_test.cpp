@@ -790,7 +790,7 @@ TEST(CoherenceCheckerTest, HasAnswersAreJudgedAgainstAnyLiveValue) {
 // docs/design.md promises that only callers who asked before the invalidation completed receive a
 // stale fetch's value. Disabled until the library is fixed (issue #9, read-your-writes, defect 2's
 // family): it fails on main.
-TEST(CoherenceStressTest, DISABLED_AGetStartedAfterADeleteReturnedDoesNotJoinTheStaleFetch) {
+TEST(CoherenceStressTest, AGetStartedAfterADeleteReturnedDoesNotJoinTheStaleFetch) {
   cache_stack cache({memory_layer::create({})});
   gate fetching, release;
   std::jthread old_reader([&] {
@@ -819,11 +819,13 @@ TEST(CoherenceStressTest, DISABLED_AGetStartedAfterADeleteReturnedDoesNotJoinThe
 
 // ---- the stress ---------------------------------------------------------------------------------
 
-// Disabled: fails on main (2026-12, at 00a3201) with hundreds of ryw and resurrection violations
-// per run, every one inspected of the kind forced by DISABLED_AGetStartedAfterADeleteReturned...
-// above (a read joins a fetch the mutation had already marked stale). Enable it with the fix;
-// run it by hand with --gtest_also_run_disabled_tests (LAYERCACHE_STRESS_TRACE=1 prints, for
-// each example, every operation on its key around it).
+// Disabled (issue #9 stays open for it): with the stale-flight join fixed (the test above), the
+// violations fell from 700-1,500 per run to about 100 (ryw ~45, resurrections ~50, stale ~5), and
+// the multi-process chaos run reads none. The traced examples all mix a thread's own del with a
+// concurrent clear / invalidate_prefix / invalidate_tag(s) of other threads, whose fence deletes
+// carry the (older) invalidation's version; the cause is not found yet. Run it by hand with
+// --gtest_also_run_disabled_tests (LAYERCACHE_STRESS_TRACE=1 prints, for each example, every
+// operation on its key around it).
 TEST(CoherenceStressTest,
      DISABLED_ManyThreadsFewKeysEveryMutationKeepReadYourWritesAndNoResurrection) {
   const auto f =
