@@ -65,6 +65,19 @@ class flight_table {
   // Marks an in-flight fetch of `key` stale. Returns whether there was one.
   bool invalidate(std::string_view key, std::uint64_t hash);
   void invalidate_all();
+  // Marks an in-flight fetch of `key` stale and runs `change` (a mutation's L1 change and queued
+  // byte-layer op) under the same shard lock, so a fetch publishes either entirely before the
+  // change (which then replaces or removes what it stored) or after it — then it is stale and
+  // stores nothing. Marking before and after the change instead left a window: a fetch joining
+  // between the marks could read the old bytes and publish them before the second mark.
+  // `change` must not block or call back into the table.
+  template <class Change>
+  void invalidate_with(std::string_view key, std::uint64_t hash, Change&& change) {
+    shard& s = shard_for(hash);
+    std::lock_guard lock(s.mu);
+    if (auto it = s.map.find(key); it != s.map.end()) it->second->invalidated = true;
+    change();
+  }
   // Records the tags `f`'s value will carry (its leader, before it takes the fill's version).
   void tag(flight& f, std::span<const std::string> tags);
   // Marks stale every in-flight fetch whose tags include any of `tags` (or all of them).

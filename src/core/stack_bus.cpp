@@ -20,7 +20,7 @@ struct cache_stack::impl::bus_sink final : detail::bus_listener {
     m.bus_received.fetch_add(1, std::memory_order_relaxed);
     detail::removal_deferral defer;  // on_remove runs after the key stripes are released
     m.flights.invalidate_tagged(tag_list, all);  // fetches of tagged keys no index knows yet
-    std::vector<std::string> ours = m.tags.take(tag_list, all);
+    std::vector<std::string> ours = m.tags.find(tag_list, all);
     for (const auto& k : keys) m.drop_local(k);
     for (const auto& k : ours) m.drop_local(k);
     // A tagged write of ours still queued was not in the shared tag set the invalidation read.
@@ -31,21 +31,22 @@ struct cache_stack::impl::bus_sink final : detail::bus_listener {
   void on_prefix(std::string_view prefix, std::uint64_t version) override {
     m.bus_received.fetch_add(1, std::memory_order_relaxed);
     m.flights.invalidate_all();
-    if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
     for (std::size_t i = 0; i < m.bytes.size(); ++i) {
       if (i != m.coord_at) (void)m.erase_prefix_in(*m.bytes[i], prefix);
     }
+    m.flights.invalidate_all();  // byte layers, mark, then L1: see cache_stack::clear
+    if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
     m.fence_pending(version,
                     [&](std::string_view k) { return k.substr(0, prefix.size()) == prefix; });
   }
   void on_clear(std::uint64_t version) override {
     m.bus_received.fetch_add(1, std::memory_order_relaxed);
     m.flights.invalidate_all();
-    m.tags.clear();
-    if (m.l1 != nullptr) (void)m.l1->clear();
     for (std::size_t i = 0; i < m.bytes.size(); ++i) {
       if (i != m.coord_at) (void)m.bytes[i]->clear();
     }
+    m.flights.invalidate_all();  // byte layers, mark, then L1: see cache_stack::clear
+    if (m.l1 != nullptr) (void)m.l1->clear();
     m.fence_pending(version, [](std::string_view) { return true; });
   }
   void on_rotate(std::string_view path, std::uint64_t generation) override {
@@ -71,7 +72,6 @@ struct cache_stack::impl::bus_sink final : detail::bus_listener {
     // versioned against Redis's tombstones (docs/design.md, "When the bus is down").
     m.bus_resyncs.fetch_add(1, std::memory_order_relaxed);
     m.flights.invalidate_all();
-    m.tags.clear();
     if (m.l1 != nullptr) (void)m.l1->clear();
     m.emit(event_type::bus_resync, m.bytes[m.coord_at]->info().name, "",
            status(errc::unavailable, std::string(why) + ": L1 dropped"));
@@ -79,9 +79,6 @@ struct cache_stack::impl::bus_sink final : detail::bus_listener {
   }
 };
 
-// Unlike a mutation of ours (cache_stack::set_erased), no second mark after the change: a get
-// joining in between reads the shared layer first, which already holds the change, and its fill
-// must stand (a reader polling for the new value keeps it in L1).
 void cache_stack::impl::drop_local(std::string_view key) {
   detail::removal_deferral defer;  // on_remove runs after the key's stripe is released
   const std::uint64_t hash = detail::hash_key(key);

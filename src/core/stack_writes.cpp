@@ -72,12 +72,15 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_set(
     std::string_view key, std::uint64_t hash, const detail::type_ops& ops,
     const std::shared_ptr<const void>& value, unix_ms fresh_until, unix_ms now, bool strict,
     std::span<const std::string> tag_list) {
+  detail::removal_deferral defer;  // the L1 change below runs under the flight shard lock
   if (l1 != nullptr) index_tags(key, tag_list);
   if (bytes.empty()) {
-    if (l1 != nullptr) {
-      l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now),
-                 ops.weigh(value.get()));
-    }
+    flights.invalidate_with(key, hash, [&] {
+      if (l1 != nullptr) {
+        l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now),
+                   ops.weigh(value.get()));
+      }
+    });
     return nullptr;
   }
   auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
@@ -95,10 +98,15 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_set(
                      version, tag_list);
   }
   newest = version;
-  if (l1 != nullptr) {
-    l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now), ops.weigh(value.get()));
-  }
-  writer->submit(std::move(op), std::move(room));
+  // L1 and the queue (which read-your-writes consults) change together with the flight's mark:
+  // see flight_table::invalidate_with. The room was reserved above, so submit does not wait.
+  flights.invalidate_with(key, hash, [&] {
+    if (l1 != nullptr) {
+      l1->insert(key, hash, value, &ops, false, l1_expiry(fresh_until, now),
+                 ops.weigh(value.get()));
+    }
+    writer->submit(std::move(op), std::move(room));
+  });
   return ticket;
 }
 
@@ -122,8 +130,11 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_del(std::string_v
                                                                    std::uint64_t hash,
                                                                    std::uint64_t version,
                                                                    bool strict, bool local_only) {
+  detail::removal_deferral defer;  // the L1 change below runs under the flight shard lock
   if (bytes.empty() || (local_only && !local_byte_layers)) {
-    if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+    flights.invalidate_with(key, hash, [&] {
+      if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+    });
     return nullptr;
   }
   auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
@@ -135,8 +146,10 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_del(std::string_v
   std::uint64_t& newest = order_version_of(hash);
   if (version == 0) version = versions.next(clock->now_ms());
   newest = std::max(newest, version);
-  if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
-  submit_del(key, hash, bytes.size(), ticket, version, std::move(room), local_only, conditional);
+  flights.invalidate_with(key, hash, [&] {  // see apply_set
+    if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
+    submit_del(key, hash, bytes.size(), ticket, version, std::move(room), local_only, conditional);
+  });
   return ticket;
 }
 
@@ -244,11 +257,6 @@ status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops
   const unix_ms fresh_until = now + options.ttl.value_or(m.options.ttl).count();
   auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now,
                             m.policy_of(options) == write_policy::strict, options.tags);
-  // Marked stale again after the L1 change: a get that joined its flight between the first mark
-  // and the change may have read the old bytes (nothing was queued yet); it must not publish them
-  // over the new value, or this thread and every other would read the old value after set()
-  // returned. A get joining later finds the new value in L1 or among the queued writes.
-  m.flights.invalidate(key, hash);
   return ticket ? ticket->wait() : status();
 }
 
@@ -273,7 +281,6 @@ status cache_stack::set_many_erased(
     if (auto ticket = m.apply_set(key, hash, ops, value, fresh_until, now, strict, options.tags)) {
       tickets.push_back(std::move(ticket));
     }
-    m.flights.invalidate(key, hash);  // again after the change: see set_erased
   }
   status result;
   for (auto& t : tickets) update_per_layer(result, t->wait());
@@ -304,7 +311,6 @@ status cache_stack::del_many(std::span<const std::string_view> keys, const del_o
     if (auto ticket = m.apply_del(key, hash, 0, strict)) {
       tickets.push_back(std::move(ticket));
     }
-    m.flights.invalidate(key, hash);  // again after the change: see set_erased
   }
   status result;
   for (auto& t : tickets) update_per_layer(result, t->wait());
@@ -322,8 +328,12 @@ status cache_stack::clear() {
   // land after the clear. Deletes of the clear's version supersede them (write_behind.hpp).
   const std::uint64_t version = m.versions.next(m.clock->now_ms());
   m.fence_pending(version, [](std::string_view) { return true; });
-  m.tags.clear();
-  for (auto& l : m.layers) result.update(detail::attribute_to(*l, l->clear()));
+  // The tag index is kept: a key set meanwhile must stay findable (stale keys cost a sweep).
+  // Byte layers first, then every flight marked, then L1: a get that read a byte layer before it
+  // was cleared either published before the mark (the L1 clear removes it) or is stale.
+  for (auto* b : m.bytes) result.update(detail::attribute_to(*b, b->clear()));
+  m.flights.invalidate_all();
+  if (m.l1 != nullptr) result.update(detail::attribute_to(*m.l1, m.l1->clear()));
   if (m.coord != nullptr) {
     result.update(detail::attribute_to(*m.bytes[m.coord_at], m.coord->announce_clear(version)));
   }
@@ -352,7 +362,8 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
   // Our own queued writes first: a tagged set still in the queue would otherwise land after the
   // invalidation and bring the key back.
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
-  std::vector<std::string> keys = m.tags.take(tag_list, all);
+  std::vector<std::string> keys = m.tags.find(tag_list, all);
+  std::uint64_t del_version = version;
   status result;
   if (m.coord == nullptr) {
     // No shared tag sets: the index knows only what L1 holds, so a tagged entry of a byte layer
@@ -365,6 +376,9 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
         if (detail::decode_envelope(bytes, env).ok() &&
             detail::carries_tags(env.tags, tag_list, all)) {
           keys.emplace_back(key);
+          // Written before this invalidation, maybe by an earlier process whose versions this one
+          // never saw: the deletes below must not be older than it.
+          del_version = std::max(del_version, env.header.version);
         }
         return true;
       });
@@ -387,8 +401,7 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
   for (const auto& key : keys) {
     const std::uint64_t hash = detail::hash_key(key);
     m.flights.invalidate(key, hash);
-    (void)m.apply_del(key, hash, version);
-    m.flights.invalidate(key, hash);  // again after the change: see set_erased
+    (void)m.apply_del(key, hash, del_version);
   }
   return result;
 }
@@ -406,7 +419,6 @@ status cache_stack::invalidate_prefix(std::string_view prefix) {
   // Writes still waiting for a retry are not covered by flush(): see clear().
   m.fence_pending(version,
                   [&](std::string_view k) { return k.substr(0, prefix.size()) == prefix; });
-  if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
   status result;
   for (std::size_t i = 0; i < m.bytes.size(); ++i) {
     if (i == m.coord_at) {
@@ -415,6 +427,8 @@ status cache_stack::invalidate_prefix(std::string_view prefix) {
       result.update(m.erase_prefix_in(*m.bytes[i], prefix));
     }
   }
+  m.flights.invalidate_all();  // byte layers, mark, then L1: see clear()
+  if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
   return result;
 }
 

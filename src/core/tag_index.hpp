@@ -60,8 +60,10 @@ class tag_index {
     if (size_ >= 2 * swept_size_ + 1024) sweep(held);
   }
 
-  // Removes and returns the keys under the tags: under any of them, or under all of them.
-  std::vector<std::string> take(std::span<const std::string> tags, bool all) {
+  // The keys under the tags: under any of them, or under all of them. The index keeps them: two
+  // invalidations running at once must both find a key (taking it, the first could return before
+  // the second, which found nothing, had removed it), and a removed key costs nothing but a sweep.
+  std::vector<std::string> find(std::span<const std::string> tags, bool all) const {
     std::vector<std::string> out;
     std::lock_guard lock(mu_);
     if (tags.empty()) return out;
@@ -86,17 +88,7 @@ class tag_index {
         if (in_all) out.push_back(key);
       }
     }
-    // A taken key is gone from every tag: the invalidation removes it, and its next tagged write
-    // indexes it again.
-    for (const auto& key : out) forget(key);
     return out;
-  }
-
-  void clear() {
-    std::lock_guard lock(mu_);
-    by_tag_.clear();
-    by_key_.clear();
-    size_ = swept_size_ = 0;
   }
 
   // Key-tag pairs indexed.
