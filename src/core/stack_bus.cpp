@@ -1,7 +1,6 @@
 // stack_bus.cpp — what other instances announce on the invalidation bus, applied to this
 // instance: drop local copies, fence queued writes, resync after a loss.
 #include "core/stack_impl.hpp"
-#include "memory/removal_deferral.hpp"
 
 namespace layercache {
 
@@ -18,7 +17,6 @@ struct cache_stack::impl::bus_sink final : detail::bus_listener {
   void on_tags(std::span<const std::string> tag_list, bool all, std::span<const std::string> keys,
                std::uint64_t version) override {
     m.bus_received.fetch_add(1, std::memory_order_relaxed);
-    detail::removal_deferral defer;  // on_remove runs after the key stripes are released
     m.flights.invalidate_tagged(tag_list, all);  // fetches of tagged keys no index knows yet
     std::vector<std::string> ours = m.tags.find(tag_list, all);
     for (const auto& k : keys) m.drop_local(k);
@@ -80,7 +78,6 @@ struct cache_stack::impl::bus_sink final : detail::bus_listener {
 };
 
 void cache_stack::impl::drop_local(std::string_view key) {
-  detail::removal_deferral defer;  // on_remove runs after the key's stripe is released
   const std::uint64_t hash = detail::hash_key(key);
   flights.invalidate(key, hash);
   (void)apply_del(key, hash, 0, false, /*local_only=*/true);

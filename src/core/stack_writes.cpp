@@ -247,7 +247,6 @@ std::string cache_stack::impl::encode(const detail::type_ops& ops,
 status cache_stack::set_erased(std::string_view key, const detail::type_ops& ops,
                                std::shared_ptr<const void> value, const set_options& options) {
   impl& m = *impl_;
-  detail::removal_deferral defer;  // on_remove runs after the stripes are released
   m.validate_key(key);
   options.validate();
   m.check_reserved(key);
@@ -264,7 +263,6 @@ status cache_stack::set_many_erased(
     std::span<const std::pair<std::string_view, std::shared_ptr<const void>>> entries,
     const detail::type_ops& ops, const set_options& options) {
   impl& m = *impl_;
-  detail::removal_deferral defer;  // on_remove runs after the stripes are released
   options.validate();
   for (const auto& [key, value] : entries) {
     m.validate_key(key);
@@ -298,7 +296,6 @@ status cache_stack::del_many(std::span<const std::string> keys) {
 
 status cache_stack::del_many(std::span<const std::string_view> keys, const del_options& options) {
   impl& m = *impl_;
-  detail::removal_deferral defer;  // on_remove runs after the stripes are released
   for (const auto& key : keys) {
     m.validate_key(key);
     m.check_reserved(key);
@@ -351,7 +348,6 @@ status cache_stack::invalidate_tag(std::string_view tag) {
 
 status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_match match) {
   impl& m = *impl_;
-  detail::removal_deferral defer;  // on_remove runs after the stripes are released
   if (tag_list.empty()) return {};
   const bool all = match == tag_match::all;
   // Fetches of tagged keys already running are stale: their keys are in no tag index or tag set
@@ -382,7 +378,7 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
         }
         return true;
       });
-      // A layer that cannot enumerate has nothing the index would miss but what it cannot show.
+      // A layer that cannot enumerate (invalid_argument) is not an error here: it is skipped.
       if (!s.ok() && s.code() != errc::invalid_argument) result.update(detail::attribute_to(*b, s));
     }
     std::sort(keys.begin(), keys.end());
