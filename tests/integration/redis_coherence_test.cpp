@@ -794,19 +794,39 @@ TEST_F(RedisChaosConsistencyTest,
 // The negative control of the run above: the same processes, operations and disk layers without
 // coordination, and without faults (their windows excuse seconds of staleness, so a short run
 // might hide it there): L1 copies outlive every other node's writes, a thread's own delete is
-// undone by another node's older value, and the checker must count all three kinds.
+// undone by another node's older value, and the checker must count all three kinds. How many a
+// run meets depends on how many operations it gets through: an idle machine does ~15,000 in 4 s
+// and finds hundreds of each, a loaded TSan build a few hundred and sometimes no lost own write.
+// So a run that misses a kind is followed by another with a new seed, at most four: what must
+// hold is that the checker finds every kind, not that one short run happens to produce it.
 TEST_F(RedisChaosConsistencyTest,
        CheckerFindsStaleReadsResurrectionsAndLostOwnWritesUncoordinated) {
   auto o = options(false);
   o.duration = 4s;
   o.faults = false;
-  const auto r = coherence::run_chaos(o);
-  expect_ran(r);
-  print(r, o, "(negative control, coordinate = false)");
-  EXPECT_GT(r.report.violations, 0u) << "the checker is blind to uncoordinated L1s";
-  EXPECT_GT(r.report.resurrections, 0u) << "the checker is blind to deleted values read again";
-  EXPECT_GT(r.report.ryw_violations, 0u) << "the checker is blind to lost own writes";
-  EXPECT_GT(r.report.max_staleness_ns, to_ns(k_bound));
+  std::size_t violations = 0;
+  std::size_t resurrections = 0;
+  std::size_t ryw_violations = 0;
+  std::int64_t max_staleness_ns = 0;
+  for (int run = 0; run < 4; ++run) {
+    o.seed = 1 + static_cast<std::uint64_t>(run);
+    o.dir = dir_.path() / ("run-" + std::to_string(run));  // fresh disk layers and histories
+    const auto r = coherence::run_chaos(o);
+    expect_ran(r);
+    print(r, o, "(negative control, coordinate = false)");
+    violations += r.report.violations;
+    resurrections += r.report.resurrections;
+    ryw_violations += r.report.ryw_violations;
+    max_staleness_ns = std::max(max_staleness_ns, r.report.max_staleness_ns);
+    if (violations > 0 && resurrections > 0 && ryw_violations > 0 &&
+        max_staleness_ns > to_ns(k_bound)) {
+      break;
+    }
+  }
+  EXPECT_GT(violations, 0u) << "the checker is blind to uncoordinated L1s";
+  EXPECT_GT(resurrections, 0u) << "the checker is blind to deleted values read again";
+  EXPECT_GT(ryw_violations, 0u) << "the checker is blind to lost own writes";
+  EXPECT_GT(max_staleness_ns, to_ns(k_bound));
 }
 
 }  // namespace
