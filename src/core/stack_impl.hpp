@@ -189,10 +189,17 @@ struct cache_stack::impl {
   write_policy policy_of(const set_options& o) const { return o.policy.value_or(options.writes); }
 
   // What a byte-layer read must see of this process's own writes that have not landed yet.
+  // A fence kind raises *fence to the version below which a layer's copy is not served.
   detail::write_behind::pending_kind pending(std::string_view key, std::uint64_t hash,
-                                             std::shared_ptr<const std::string>* own) const {
+                                             std::shared_ptr<const std::string>* own,
+                                             std::uint64_t* fence = nullptr) const {
     if (!writer) return detail::write_behind::pending_kind::none;
-    return writer->pending(key, hash, own);
+    std::uint64_t f = 0;
+    const auto kind = writer->pending(key, hash, own, &f);
+    if (fence != nullptr && kind == detail::write_behind::pending_kind::fence) {
+      *fence = std::max(*fence, f);
+    }
+    return kind;
   }
 
   // Queues the envelope of an entry for byte layers [0, upto). `stored_bytes` (an envelope read

@@ -114,20 +114,24 @@ std::optional<found_entry> cache_stack::impl::find_below(std::string_view key, s
                                                          std::size_t& found_at, lease_state* lease,
                                                          const get_options* call) {
   std::shared_ptr<const std::string> own;
-  switch (pending(key, hash, &own)) {
+  // The newest delete a layer above remembers (a tombstone), or a write of ours a failed fill
+  // superseded: older copies below are not served.
+  std::uint64_t fence = 0;
+  switch (pending(key, hash, &own, &fence)) {
     case detail::write_behind::pending_kind::del:
       return std::nullopt;
     case detail::write_behind::pending_kind::set:
       found_at = 0;
       return take(0, key, byte_read{status(), std::string(*own)}, ops, clock->now_ms());
     case detail::write_behind::pending_kind::none:
+    case detail::write_behind::pending_kind::fence:
       break;
   }
-  // The newest delete a layer above remembers (a tombstone): older copies below are not served.
-  std::uint64_t fence = 0;
   for (std::size_t i = 0; i < bytes.size(); ++i) {
     if (i == coord_at && lease != nullptr) {
       if (auto e = acquire(i, key, ops, *lease, *call)) {
+        // A value, so no lease: a fenced one is fetched again without one.
+        if (fenced(i, key, e->version, fence)) continue;
         found_at = i;
         return e;
       }
@@ -368,7 +372,8 @@ bool cache_stack::has(std::string_view key) {
   if (m.l1 != nullptr && m.l1->contains(key, hash)) return true;
   const unix_ms now = m.clock->now_ms();
   std::shared_ptr<const std::string> own;
-  switch (m.pending(key, hash, &own)) {
+  std::uint64_t fence = 0;  // as in find_below: a copy older than a delete above is not there
+  switch (m.pending(key, hash, &own, &fence)) {
     case detail::write_behind::pending_kind::del:
       return false;
     case detail::write_behind::pending_kind::set: {
@@ -376,9 +381,9 @@ bool cache_stack::has(std::string_view key) {
       return own && detail::peek_envelope_header(*own, h).ok() && h.fresh_until_ms > now;
     }
     case detail::write_behind::pending_kind::none:
+    case detail::write_behind::pending_kind::fence:
       break;
   }
-  std::uint64_t fence = 0;  // as in find_below: a copy older than a delete above is not there
   for (std::size_t i = 0; i < m.bytes.size(); ++i) {
     byte_read r = m.bytes[i]->get(key);
     fence = std::max(fence, r.deleted_version);
@@ -459,8 +464,11 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
       for (auto& p : led) {
         if (p.done) continue;
         std::shared_ptr<const std::string> own;
-        const auto pk = m.pending(p.key, p.hash, &own);
-        if (pk == detail::write_behind::pending_kind::none) continue;
+        const auto pk = m.pending(p.key, p.hash, &own, &p.fence);
+        if (pk == detail::write_behind::pending_kind::none ||
+            pk == detail::write_behind::pending_kind::fence) {
+          continue;
+        }
         // Our own queued write decides: a queued delete means "fetch", a queued set answers.
         p.skip_layers = true;
         if (pk == detail::write_behind::pending_kind::set) {

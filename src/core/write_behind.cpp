@@ -129,14 +129,31 @@ void write_behind::submit(write_op op, slot room) {
   q.cv.notify_one();
 }
 
+void write_behind::register_fence(const write_op& fill) {
+  pending_shard& ps = pending_for(fill.hash);
+  std::lock_guard pending_lock(ps.mu);
+  pending_entry& e = ps.map[fill.key];
+  // The fill decides unless a newer op of ours was registered since (it reports itself).
+  if (e.outstanding == 0 || !wins(e.version, e.seq, fill.version, fill.seq)) {
+    e.version = fill.version;
+    e.seq = fill.seq;
+    e.kind = pending_kind::fence;
+    e.bytes = nullptr;
+  }
+  e.fence = std::max(e.fence, fill.fences);
+  ++e.outstanding;
+}
+
 write_behind::pending_kind write_behind::pending(std::string_view key, std::uint64_t hash,
-                                                 std::shared_ptr<const std::string>* bytes) const {
+                                                 std::shared_ptr<const std::string>* bytes,
+                                                 std::uint64_t* fence) const {
   pending_shard& ps = pending_for(hash);
   std::lock_guard lock(ps.mu);
   if (ps.map.empty()) return pending_kind::none;
   auto it = ps.map.find(std::string(key));
   if (it == ps.map.end()) return pending_kind::none;
   if (bytes != nullptr) *bytes = it->second.bytes;
+  if (fence != nullptr) *fence = it->second.fence;
   return it->second.kind;
 }
 

@@ -105,6 +105,9 @@ struct write_op {
   std::string lease;              // fill: the lease it fills and releases
   std::vector<std::string> tags;  // set: tag sets the key joins
   bool local_only = false;  // skip the coordinating layer (applying another instance's change)
+  // A retained fill that superseded a failed write of ours in a layer: the highest version of
+  // those writes, which pending() keeps fencing until the fill lands (write_retry.cpp).
+  std::uint64_t fences = 0;
 };
 
 class write_behind {
@@ -168,11 +171,16 @@ class write_behind {
   // reserve() then submit().
   void submit(write_op op) { submit(std::move(op), reserve()); }
 
-  enum class pending_kind : unsigned char { none, set, del };
+  // fence: no write of ours decides the key, but one did until a fill of the key superseded it
+  // and failed too; until the fill lands, a layer may still hold what that write replaced, so a
+  // copy not newer than *fence must not be served.
+  enum class pending_kind : unsigned char { none, set, del, fence };
   // The op deciding `key` among those not yet executed or still retried (highest version, then
-  // the latest). For a set, *bytes receives layer 0's envelope.
+  // the latest). For a set, *bytes receives layer 0's envelope; *fence (if given) the version a
+  // fence kind names.
   pending_kind pending(std::string_view key, std::uint64_t hash,
-                       std::shared_ptr<const std::string>* bytes) const;
+                       std::shared_ptr<const std::string>* bytes,
+                       std::uint64_t* fence = nullptr) const;
 
   // The keys with an op not yet executed or still retried (local-only ops excluded) that `match`
   // accepts.
@@ -225,6 +233,7 @@ class write_behind {
     std::size_t outstanding = 0;
     pending_kind kind = pending_kind::none;
     std::shared_ptr<const std::string> bytes;
+    std::uint64_t fence = 0;  // the highest write_op::fences of a registered fill
   };
   struct pending_shard {
     mutable std::mutex mu;
@@ -251,6 +260,7 @@ class write_behind {
   void execute_layer(std::size_t j, std::vector<key_plan*>& plans);
   void execute_coordinated(std::vector<key_plan*>& plans);
   void register_pending(const write_op& op);
+  void register_fence(const write_op& fill);
   void retire(const write_op& op);
   pending_shard& pending_for(std::uint64_t hash) const { return pending_[hash % pending_count]; }
 

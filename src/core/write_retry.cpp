@@ -71,23 +71,39 @@ void write_behind::settle(queue& q, std::vector<key_plan*>& plans) {
   std::unordered_map<const write_op*, std::shared_ptr<write_op>> kept;
   // A fill awaiting a retry is not reported by pending(): it is no write of ours that
   // read-your-writes owes, and serving it from there would outlive the staleness bounds L1 keeps
-  // while Redis and the bus are down. Readers look in the layers and fetch again instead.
-  auto keep = [&](const write_op& op) {
+  // while Redis and the bus are down. Readers look in the layers and fetch again instead. But a
+  // fill that superseded a failed write of ours (`fences`, the highest version of those) keeps
+  // fencing what that write replaced: the layer may still hold it, and the thread that wrote
+  // must not read it once L1 lets the fill go.
+  auto keep = [&](const write_op& op, std::uint64_t fences) {
     auto& sp = kept[&op];
     if (!sp) {
       auto* copy = new write_op(op);
       copy->ticket.reset();
-      const bool listed = !copy->fill;
+      copy->fences = std::max(copy->fences, fences);
+      const bool listed = !copy->fill || copy->fences != 0;
       sp = std::shared_ptr<write_op>(copy, [this, listed](write_op* p) {
         if (listed) retire(*p);
         delete p;
       });
-      if (listed) register_pending(*sp);  // before the batch retires the original: never a gap
+      // Before the batch retires the original: never a gap.
+      if (!copy->fill) {
+        register_pending(*sp);
+      } else if (listed) {
+        register_fence(*sp);
+      }
     }
     return sp;
   };
   for (key_plan* p : plans) {
     bool failed_now = false;
+    // What the failed writes of ours that newer ops supersede now still fence (see keep).
+    std::uint64_t fences = 0;
+    for (std::size_t j = 0; p->held != nullptr && j < layers_.size(); ++j) {
+      const write_op* old = p->held->layers[j].op.get();
+      if (old == nullptr || old == p->decider[j] || p->decider[j] == nullptr) continue;
+      fences = std::max(fences, old->fill ? old->fences : (old->local_only ? 0 : old->version));
+    }
     for (std::size_t j = 0; j < layers_.size(); ++j) {
       write_op* d = p->decider[j];
       retained_slot* held_slot =
@@ -135,7 +151,7 @@ void write_behind::settle(queue& q, std::vector<key_plan*>& plans) {
         p->held = &fresh;
       }
       retained_slot& fresh_slot = p->held->layers[j];
-      fresh_slot.op = keep(*d);
+      fresh_slot.op = keep(*d, fences);
       fresh_slot.give_up = now + opts_.retry_for;
       fresh_slot.failed_now = true;
       ++delta;

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -16,6 +17,7 @@
 #include "layercache/cache_stack.hpp"
 #include "layercache/detail/hash.hpp"
 #include "support/await.hpp"
+#include "support/fake_clock.hpp"
 #include "test_byte_layer.hpp"
 
 namespace layercache::test {
@@ -117,6 +119,40 @@ TEST(ReadYourWritesTest, AGetRacingASetNeverPutsTheOldValueBackInL1) {
 
 // Defect 3: invalidate_tag must reach a fetch of a tagged key that is still running — its key is
 // in no tag index yet, so only the flight's own tags can tell.
+// Found by the chaos benchmark (Redis restarting): a del failed and waited for a retry; a get
+// fetched, and its fill superseded the del in the layer and failed too. Nothing reported the del
+// any more, so once L1 let the fill go the thread read the value its own del had removed.
+TEST(ReadYourWritesTest, ADeleteWaitingForARetryStillHidesItsValueAfterAFillSupersededIt) {
+  auto clock = std::make_shared<fake_clock>();
+  auto l2 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.clock = clock}));
+  cache_stack cache({memory_layer::create({.clock = clock}), l2}, {.clock = clock});
+  ASSERT_TRUE(cache.set<std::string>("k", "old", {.ttl = 1h}).ok());
+  ASSERT_TRUE(cache.flush());
+  l2->fail_always(fault::set | fault::del);
+  ASSERT_TRUE(cache.del("k").ok());  // best effort: it fails in the layer and awaits a retry
+  ASSERT_TRUE(cache.flush());
+  int fetches = 0;
+  auto fetch = [&] { return "fetched-" + std::to_string(++fetches); };
+  EXPECT_EQ(*cache.get<std::string>("k", fetch, {.ttl = 1s}), "fetched-1");
+  ASSERT_TRUE(cache.flush());  // the fill failed too; it decides the layer now
+  clock->advance(2s);          // L1 lets the fill go; "old" is still in the layer
+  EXPECT_EQ(*cache.get<std::string>("k", fetch, {.ttl = 1s}), "fetched-2")
+      << "read the value of before its own delete";
+  EXPECT_FALSE(cache.get_if_present<std::string>("k") &&
+               *cache.get_if_present<std::string>("k") == "old");
+  const std::vector<std::string> keys{"k"};
+  clock->advance(2s);
+  const auto many = cache.get_many<std::string>(keys, [&](std::span<const std::string> ks) {
+    std::vector<std::optional<std::string>> out;
+    for (std::size_t i = 0; i < ks.size(); ++i) out.emplace_back(fetch());
+    return out;
+  });
+  ASSERT_EQ(many.size(), 1u);
+  ASSERT_TRUE(many[0]);
+  EXPECT_NE(*many[0], "old");
+  l2->heal();
+}
+
 TEST(TagInvalidationTest, AFetchOfATaggedKeyInFlightIsStaleAfterInvalidateTag) {
   auto l1 = memory_layer::create({});
   auto bytes = test_byte_layer::create({});

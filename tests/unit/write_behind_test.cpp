@@ -890,6 +890,36 @@ TEST(WriteBehindRetryTest, NewerOpSupersedesAFailedOneAndTheOlderNeverLandsAfter
   for (const auto& a : layer->log_of("k")) EXPECT_NE(a.bytes, envelope_of("old", 1));
 }
 
+// Found by the chaos benchmark: a del of ours failed (Redis restarting) and waited for a retry; a
+// get then fetched, and its fill, newer, superseded the del in the layer and failed too. A
+// failed fill is not reported by pending() (it is no write of ours), so nothing was reported any
+// more: once L1 dropped the fill, the thread read the value its own del had removed from Redis.
+// Until the fill lands, pending() must fence copies not newer than the superseded del.
+TEST(WriteBehindRetryTest, AFailedFillSupersedingAFailedWriteOfOursStillFencesOlderCopies) {
+  auto layer = std::make_shared<recording_layer>();
+  std::atomic<bool> down{true};
+  layer->set_hook(
+      [&](std::string_view) { return down.load() ? status(errc::unavailable, "down") : status(); });
+  write_behind w({layer.get()}, {.threads = 1, .retry_backoff_first = 5ms}, {}, {});
+  w.submit(vdel("k", 5, 1, /*conditional=*/false));
+  ASSERT_TRUE(w.flush(bound));
+  ASSERT_EQ(pending_of(w, "k"), write_behind::pending_kind::del);
+  write_op fill = vset("k", "filled", 6, 1);
+  fill.fill = true;
+  w.submit(std::move(fill));
+  ASSERT_TRUE(w.flush(bound));  // the fill failed too, and decides the layer now
+  std::uint64_t fence = 0;
+  std::shared_ptr<const std::string> bytes;
+  const auto kind = w.pending("k", hash_key("k"), &bytes, &fence);
+  EXPECT_EQ(kind, write_behind::pending_kind::fence) << "the failed del of ours is forgotten";
+  EXPECT_GE(fence, 5u) << "a copy older than our del may be served";
+  EXPECT_LT(fence, 6u) << "a newer write of another instance would be fenced too";
+  down = false;
+  ASSERT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
+  EXPECT_EQ(layer->value("k"), envelope_of("filled", 6));
+  EXPECT_EQ(pending_of(w, "k"), write_behind::pending_kind::none) << "landed: nothing owed";
+}
+
 TEST(WriteBehindRetryTest, GivenUpWriteIsReportedInvalidatedAndOwesAConditionalDelete) {
   // Sets keep failing past retry_for; deletes go through: the owed delete of the lost write's
   // version removes the older value the layer still holds.
