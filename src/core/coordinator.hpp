@@ -123,8 +123,12 @@ class coordinator {
   // matched key.
   virtual status invalidate_tags(std::span<const std::string> tags, bool all, std::uint64_t version,
                                  std::vector<std::string>& keys) = 0;
-  // Removes every key starting with `prefix` from the shared layer and announces it.
+  // Removes every key starting with `prefix` from the shared layer and announces it. Like a tag
+  // invalidation, it first records itself so that a write of a covered key not newer than
+  // `version` reaching the shared layer later (queued, retried) is refused.
   virtual status invalidate_prefix(std::string_view prefix, std::uint64_t version) = 0;
+  // Records a clear of `version` the same way, before the layer's clear() removes anything.
+  virtual status fence_clear(std::uint64_t version) = 0;
   // Announces a clear (the layer's clear() does the removing), with the clear's version.
   virtual status announce_clear(std::uint64_t version) = 0;
   // The current generation of namespace `path` (0 when never rotated), or an error.

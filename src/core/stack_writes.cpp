@@ -326,6 +326,11 @@ status cache_stack::clear() {
   const std::uint64_t version = m.versions.next(m.clock->now_ms());
   m.fence_pending(version, [](std::string_view) { return true; });
   // The tag index is kept: a key set meanwhile must stay findable (stale keys cost a sweep).
+  // Redis refuses writes not newer than the clear from now on (another instance's queued set
+  // would otherwise land after the clear walked past its key).
+  if (m.coord != nullptr) {
+    result.update(detail::attribute_to(*m.bytes[m.coord_at], m.coord->fence_clear(version)));
+  }
   // Byte layers first, then every flight marked, then L1: a get that read a byte layer before it
   // was cleared either published before the mark (the L1 clear removes it) or is stale.
   for (auto* b : m.bytes) result.update(detail::attribute_to(*b, b->clear()));

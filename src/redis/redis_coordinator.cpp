@@ -7,6 +7,9 @@
 //   P__lc:seq:<origin>     the origin's bus sequence counter; expires 24 h after its last
 //                          message, so a silent origin restarts at 1 (a fresh start, not a loss)
 //   P__lc:ns:<path>        a namespace's generation (never deleted: clear() skips it)
+//   P__lc:fence            hash of the recent invalidations a late write must lose to, field ->
+//                          "hi:lo" version: c (clear), p<prefix>, t<tag> (any), a<tags> (all:
+//                          "<len>:<tag>" per tag, sorted); kept tombstone_ttl (clear() skips it)
 //   P__lc:bus, P__lc:fill  the pub/sub channels: invalidations; lease wake-ups (payload = key)
 // Versions compare as (hi, lo) 32-bit halves because Lua numbers are doubles; the scripts read a
 // stored value's version from the envelope header (offset 35, docs/format.md) or the tombstone.
@@ -68,6 +71,33 @@ local function ver(v)
   return e + f * 256 + g * 65536 + h * 16777216, a + b * 256 + c * 65536 + d * 16777216
 end
 local function not_older(hi, lo, shi, slo) return hi > shi or (hi == shi and lo >= slo) end
+local function parse_ver(s)
+  local a, b = string.match(s, '^(%d+):(%d+)$')
+  if not a then return nil end
+  return tonumber(a), tonumber(b)
+end
+-- A version's wall milliseconds (version_clock.hpp: ms << 16 | counter).
+local function ver_ms(hi, lo) return hi * 65536 + math.floor(lo / 65536) end
+-- Records an invalidation in the fence hash (a newer one of the same field stays) and drops the
+-- fences older than ttl ms before it, so the hash holds what a write retried within the tombstone
+-- lifetime can still meet.
+local function add_fence(fkey, field, hi, lo, ttl)
+  local chi, clo = parse_ver(redis.call('HGET', fkey, field) or '')
+  if not chi or not not_older(chi, clo, hi, lo) then redis.call('HSET', fkey, field, hi .. ':' .. lo) end
+  local limit = ver_ms(hi, lo) - ttl
+  local all = redis.call('HGETALL', fkey)
+  for i = 1, #all, 2 do
+    local fhi, flo = parse_ver(all[i + 1])
+    if not fhi or ver_ms(fhi, flo) < limit then redis.call('HDEL', fkey, all[i]) end
+  end
+  redis.call('PEXPIRE', fkey, ttl)
+end
+-- "<len>:<tag>" per tag: the field of an all-tags invalidation (the caller sorts the tags).
+local function combo(tags)
+  local parts = {}
+  for _, t in ipairs(tags) do parts[#parts + 1] = #t .. ':' .. t end
+  return table.concat(parts)
+end
 -- The PEXPIRE below is seq_key_lifetime in C++: keep them equal.
 local function announce(seqkey, channel, origin, op, vstr, la, lb)
   local seq = redis.call('INCR', seqkey)
@@ -115,20 +145,60 @@ if w then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1
 )lua";
 
-// KEYS: seq, then per write: value, lease, tag sets... ARGV: bus channel, fill channel, origin,
-// tombstone ms, n, quiet (a fill loses a tie: two instances' versions can be equal when their
-// clocks read the same millisecond, and a delete or set of that millisecond must not be undone
-// by a fetch that began in it), then per write 8 fields: kind (s|f|d), hi, lo, bytes (d: the
-// version, 8 bytes LE), px ('0' = no expiry), token, tag count, key. -> per write 1 stored, 0
-// refused. A token is checked only for a fill (a fill whose lease was taken over must not land),
-// but any write carrying one releases it: a fill turned into a tombstone (too big, already expired)
-// gives its lease back in the same step as it deletes, so a woken waiter never reads the older
-// value.
+// KEYS: seq, fence, then per write: value, lease, tag sets... ARGV: bus channel, fill channel,
+// origin, tombstone ms, n, quiet, tag-set key prefix length (a fill loses a tie: two instances'
+// versions can be equal when their clocks read the same millisecond, and a delete or set of that
+// millisecond must not be undone by a fetch that began in it), then per write 8 fields: kind
+// (s|f|d), hi, lo, bytes (d: the version, 8 bytes LE), px ('0' = no expiry), token, tag count,
+// key. -> per write 1 stored, 0 refused. A token is checked only for a fill (a fill whose lease
+// was taken over must not land), but any write carrying one releases it: a fill turned into a
+// tombstone (too big, already expired) gives its lease back in the same step as it deletes, so a
+// woken waiter never reads the older value.
+// A value not newer than a clear, a prefix or a tag invalidation covering it (the fence hash) is
+// refused like one not newer than the key's tombstone: a write acknowledged before the
+// invalidation but reaching Redis after it (queued, retried) would otherwise outlive it, since the
+// invalidation could not tombstone a key it did not find.
 constexpr std::string_view lua_write = R"lua(
 local n = tonumber(ARGV[5])
-local ai, ki = 7, 2
+local tagpre = tonumber(ARGV[7])
+local ai, ki = 8, 3
 local out, keys = {}, {}
 local vhi, vlo = 0, 0
+local fences = {}
+do
+  local f = redis.call('HGETALL', KEYS[2])
+  for i = 1, #f, 2 do
+    local fhi, flo = parse_ver(f[i + 1])
+    if fhi then fences[#fences + 1] = {string.sub(f[i], 1, 1), string.sub(f[i], 2), fhi, flo} end
+  end
+end
+-- Whether an invalidation not older than (hi, lo) covers the key with these tag-set keys.
+local function fenced(kind, key, hi, lo, tag0, ntags)
+  if #fences == 0 then return false end
+  local mine = {}
+  for t = tag0, tag0 + ntags - 1 do mine[string.sub(KEYS[t], tagpre + 1)] = true end
+  for _, f in ipairs(fences) do
+    local newer = not not_older(hi, lo, f[3], f[4]) or (kind == 'f' and hi == f[3] and lo == f[4])
+    if newer then
+      local what, subject = f[1], f[2]
+      if what == 'c' then return true end
+      if what == 'p' and string.sub(key, 1, #subject) == subject then return true end
+      if what == 't' and mine[subject] then return true end
+      if what == 'a' then
+        local pos, all = 1, true
+        while pos <= #subject do
+          local colon = string.find(subject, ':', pos, true)
+          if not colon then all = false break end
+          local len = tonumber(string.sub(subject, pos, colon - 1))
+          if not len or not mine[string.sub(subject, colon + 1, colon + len)] then all = false break end
+          pos = colon + 1 + len
+        end
+        if all then return true end
+      end
+    end
+  end
+  return false
+end
 for i = 1, n do
   local kind, hi, lo, bytes, px, token = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2]), ARGV[ai + 3], ARGV[ai + 4], ARGV[ai + 5]
   local ntags, key = tonumber(ARGV[ai + 6]), ARGV[ai + 7]
@@ -137,6 +207,7 @@ for i = 1, n do
   ki = ki + 2 + ntags
   local ok, tell = true, kind ~= 'f'
   if kind == 'f' and token ~= '' and redis.call('HGET', lkey, 't') ~= token then ok = false end
+  if ok and kind ~= 'd' and fenced(kind, key, hi, lo, tag0, ntags) then ok = false end
   if ok then
     local cur = redis.call('GET', vkey)
     if cur then
@@ -177,14 +248,15 @@ end
 return out
 )lua";
 
-// KEYS: seq, tag sets... ARGV: bus channel, origin, all ('1'|'0'), tombstone ms, value-key
-// prefix, tombstone version (8 bytes LE), hi, lo, then the tags. -> the matched keys.
+// KEYS: seq, fence, tag sets... ARGV: bus channel, origin, all ('1'|'0'), tombstone ms, value-key
+// prefix, tombstone version (8 bytes LE), hi, lo, then the tags (sorted). -> the matched keys.
 // A member whose stored value is newer than the invalidation (written by a host whose clock runs
 // ahead) survives it, and so must its membership: a later, newer invalidation of the tag has to
-// find it. Only members tombstoned here or already gone leave the sets.
+// find it. Only members tombstoned here or already gone leave the sets. The invalidation is also
+// recorded in the fence hash, for the writes of covered keys still on their way (lua_write).
 constexpr std::string_view lua_tags = R"lua(
 local tagkeys = {}
-for t = 2, #KEYS do tagkeys[#tagkeys + 1] = KEYS[t] end
+for t = 3, #KEYS do tagkeys[#tagkeys + 1] = KEYS[t] end
 local members
 if ARGV[3] == '1' then members = redis.call('SINTER', unpack(tagkeys))
 else members = redis.call('SUNION', unpack(tagkeys)) end
@@ -210,8 +282,19 @@ else
 end
 local tags = {}
 for a = 9, #ARGV do tags[#tags + 1] = ARGV[a] end
+if ARGV[3] == '1' then add_fence(KEYS[2], 'a' .. combo(tags), hi, lo, tonumber(ARGV[4]))
+else
+  for _, t in ipairs(tags) do add_fence(KEYS[2], 't' .. t, hi, lo, tonumber(ARGV[4])) end
+end
 announce(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == '1' and 'T' or 't', hi .. ':' .. lo, tags, members)
 return members
+)lua";
+
+// KEYS: fence. ARGV: field, hi, lo, tombstone ms. -> 1. A prefix invalidation or a clear records
+// itself before it starts removing keys: a write landing while it walks is refused too.
+constexpr std::string_view lua_fence = R"lua(
+add_fence(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+return 1
 )lua";
 
 // KEYS: seq. ARGV: bus channel, origin, op, version, count of A, then A items, B items. -> 1
@@ -245,6 +328,7 @@ enum script_id : std::size_t {
   s_tags,
   s_announce,
   s_rotate,
+  s_fence,
   s_count
 };
 
@@ -273,8 +357,9 @@ class redis_coordinator final : public detail::coordinator {
     seq_key_ = base + "seq:" + std::to_string(origin_);
     bus_channel_ = base + "bus";
     fill_channel_ = base + "fill";
+    fence_key_ = base + "fence";
     const std::string_view bodies[s_count] = {lua_acquire, lua_renew,    lua_release, lua_write,
-                                              lua_tags,    lua_announce, lua_rotate};
+                                              lua_tags,    lua_announce, lua_rotate,  lua_fence};
     for (std::size_t i = 0; i < s_count; ++i) {
       scripts_[i].source = std::string(lua_prelude) + std::string(bodies[i]);
     }
@@ -452,13 +537,14 @@ class redis_coordinator final : public detail::coordinator {
     detail::coordinated_result out;
     out.rejected.assign(writes.size(), false);
     if (writes.empty()) return out;
-    std::vector<std::string> keys{seq_key_};
+    std::vector<std::string> keys{seq_key_, fence_key_};
     std::vector<std::string> args{bus_channel_,
                                   fill_channel_,
                                   std::to_string(origin_),
                                   std::to_string(o_.tombstone_ttl.count()),
                                   std::to_string(writes.size()),
-                                  quiet ? "1" : "0"};
+                                  quiet ? "1" : "0",
+                                  std::to_string(tag_prefix_.size())};
     std::vector<std::size_t> sent;  // index in `writes` of each entry sent
     status oversize;
     for (std::size_t i = 0; i < writes.size(); ++i) {
@@ -526,8 +612,12 @@ class redis_coordinator final : public detail::coordinator {
                          std::vector<std::string>& removed) override {
     if (tags.empty()) return {};
     if (!ctx_.write_allowed()) return ctx_.write_outcome(status(errc::unavailable, "breaker open"));
-    std::vector<std::string> keys{seq_key_};
-    for (const auto& t : tags) keys.push_back(tag_prefix_ + t);
+    // Sorted and unique: an all-tags fence is found by its set of tags, in any order.
+    std::vector<std::string> sorted(tags.begin(), tags.end());
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    std::vector<std::string> keys{seq_key_, fence_key_};
+    for (const auto& t : sorted) keys.push_back(tag_prefix_ + t);
     std::vector<std::string> args{bus_channel_,
                                   std::to_string(origin_),
                                   all ? "1" : "0",
@@ -536,7 +626,7 @@ class redis_coordinator final : public detail::coordinator {
                                   le64(version),
                                   std::to_string(version >> 32),
                                   std::to_string(version & 0xFFFFFFFFu)};
-    for (const auto& t : tags) args.push_back(t);
+    for (const auto& t : sorted) args.push_back(t);
     std::vector<std::string_view> kv(keys.begin(), keys.end());
     std::vector<std::string_view> av(args.begin(), args.end());
     result r = run(s_tags, kv, av, o_.write_deadline);
@@ -551,6 +641,7 @@ class redis_coordinator final : public detail::coordinator {
 
   status invalidate_prefix(std::string_view prefix, std::uint64_t version) override {
     if (!ctx_.write_allowed()) return ctx_.write_outcome(status(errc::unavailable, "breaker open"));
+    if (status f = fence("p" + std::string(prefix), version); !f.ok()) return f;
     // SCAN in bounded steps (a script scanning everything would block Redis), tombstoning each
     // batch with the write script (quiet), then one announcement for the whole prefix.
     const std::string internal = o_.prefix + std::string(internal_marker);
@@ -574,6 +665,11 @@ class redis_coordinator final : public detail::coordinator {
                                  });
     if (!walked.ok()) return walked;
     return announce('p', version, {std::string(prefix)}, {});
+  }
+
+  status fence_clear(std::uint64_t version) override {
+    if (!ctx_.write_allowed()) return ctx_.write_outcome(status(errc::unavailable, "breaker open"));
+    return fence("c", version);
   }
 
   status announce_clear(std::uint64_t version) override { return announce('c', version, {}, {}); }
@@ -718,6 +814,17 @@ class redis_coordinator final : public detail::coordinator {
     const std::string_view keys[] = {seq_key_};
     std::vector<std::string_view> av(args.begin(), args.end());
     return ctx_.write_outcome(run(s_announce, keys, av, o_.write_deadline).error);
+  }
+
+  // Records an invalidation that late writes must lose to (lua_fence); the caller asked the
+  // write breaker.
+  status fence(const std::string& field, std::uint64_t version) {
+    const std::string hi = std::to_string(version >> 32);
+    const std::string lo = std::to_string(version & 0xFFFFFFFFu);
+    const std::string ttl = std::to_string(o_.tombstone_ttl.count());
+    const std::string_view keys[] = {fence_key_};
+    const std::string_view args[] = {field, hi, lo, ttl};
+    return ctx_.write_outcome(run(s_fence, keys, args, o_.write_deadline).error);
   }
 
   // ---- leases held by this process: renewed until filled or released ------------------------
@@ -867,6 +974,7 @@ class redis_coordinator final : public detail::coordinator {
   const redis_layer_options& o_;
   std::uint64_t origin_ = 0;
   std::string lease_prefix_, tag_prefix_, ns_prefix_, seq_key_, bus_channel_, fill_channel_;
+  std::string fence_key_;
 
   script scripts_[s_count];
   std::shared_ptr<digest_table> digests_ = std::make_shared<digest_table>();

@@ -342,6 +342,9 @@ status redis_layer::clear() {
   const std::string keep_ns = m.options.prefix + std::string(redis_detail::internal_marker) + "ns:";
   const std::string keep_seq =
       m.options.prefix + std::string(redis_detail::internal_marker) + "seq:";
+  // The fences of recent invalidations (this clear's included) must outlive it.
+  const std::string keep_fence =
+      m.options.prefix + std::string(redis_detail::internal_marker) + "fence";
   return redis_detail::scan_batches(
       *m.client, redis_detail::glob_escape(m.options.prefix) + "*", "1000",
       m.options.write_deadline, m.info.name, [&](const status& st) { return m.write_outcome(st); },
@@ -351,7 +354,7 @@ status redis_layer::clear() {
         argv.emplace_back("UNLINK");
         for (const auto& k : keys) {
           if (k.str.compare(0, keep_ns.size(), keep_ns) == 0 ||
-              k.str.compare(0, keep_seq.size(), keep_seq) == 0) {
+              k.str.compare(0, keep_seq.size(), keep_seq) == 0 || k.str == keep_fence) {
             continue;
           }
           argv.emplace_back(k.str);

@@ -337,6 +337,111 @@ TEST_F(RedisCoordinationTest, ATaggedFillStillOnItsWayIsFencedOutByATagInvalidat
       << "a fill that began before the tag invalidation outlived it";
 }
 
+// Found by the chaos benchmark (ryw violations under write timeouts): B's set was acknowledged
+// (queued) before A's invalidation began, but reached Redis after it. The invalidation could not
+// tombstone a key it did not find, and B, cut off, never heard of it (a bus that comes back
+// resyncs L1 but cannot tell which queued writes the missed messages covered), so the set
+// outlived the invalidation and A read a value older than its own invalidation. Redis now
+// remembers recent invalidations (the fence hash) and refuses a write not newer than one covering
+// it.
+class LateWriteTest : public RedisCoordinationTest {
+ protected:
+  // B's set of `key` (tags `tags`) is acknowledged while B is cut off from Redis, `invalidate`
+  // runs on A, then B comes back and retries its write; returns what a new instance reads
+  // afterwards ("fresh" when the set lost).
+  std::string read_after_late_set(const std::string& key, std::vector<std::string> tags,
+                                  const std::function<status(cache_stack&)>& invalidate) {
+    tcp_fault_proxy proxy(server_.host(), server_.port());
+    auto slow = options();
+    slow.url = proxy.url();
+    instance b = make(slow), a = make();
+    proxy.blackhole(true);
+    EXPECT_TRUE(b.cache->set<std::string>(key, "late", {.tags = std::move(tags)}).ok());
+    EXPECT_TRUE(b.cache->flush());           // attempted once: it timed out and awaits a retry
+    EXPECT_TRUE(invalidate(*a.cache).ok());  // B's bus is cut off too: it never hears of it
+    const auto refused_before = b.cache->metrics().cas_rejections;
+    proxy.blackhole(false);
+    proxy.reset_all();
+    EXPECT_TRUE(eventually(
+        [&] {
+          return b.cache->metrics().cas_rejections > refused_before ||
+                 server_.cli({"GET", "co:" + key}).find("late") != std::string::npos;
+        },
+        20s))
+        << "B's write was never retried";
+    instance c = make();
+    return *c.cache->get<std::string>(key, [] { return std::string("fresh"); });
+  }
+};
+
+TEST_F(LateWriteTest, ASetAcknowledgedBeforeATagInvalidationDoesNotOutliveIt) {
+  EXPECT_EQ(read_after_late_set("report", {"user:1"},
+                                [](cache_stack& a) { return a.invalidate_tag("user:1"); }),
+            "fresh");
+}
+
+TEST_F(LateWriteTest, ASetAcknowledgedBeforeAnAllTagsInvalidationDoesNotOutliveIt) {
+  const std::vector<std::string> both{"y", "x"};
+  EXPECT_EQ(
+      read_after_late_set("both", {"x", "y", "z"},
+                          [&](cache_stack& a) { return a.invalidate_tags(both, tag_match::all); }),
+      "fresh");
+}
+
+TEST_F(LateWriteTest, AnAllTagsInvalidationSparesALateSetMissingOneOfTheTags) {
+  const std::vector<std::string> both{"x", "y"};
+  EXPECT_EQ(
+      read_after_late_set("only-x", {"x"},
+                          [&](cache_stack& a) { return a.invalidate_tags(both, tag_match::all); }),
+      "late");
+}
+
+TEST_F(LateWriteTest, ASetAcknowledgedBeforeAPrefixInvalidationDoesNotOutliveIt) {
+  EXPECT_EQ(read_after_late_set("user:7:name", {},
+                                [](cache_stack& a) { return a.invalidate_prefix("user:7:"); }),
+            "fresh");
+}
+
+TEST_F(LateWriteTest, APrefixInvalidationSparesALateSetOfAnotherPrefix) {
+  EXPECT_EQ(read_after_late_set("user:8:name", {},
+                                [](cache_stack& a) { return a.invalidate_prefix("user:7:"); }),
+            "late");
+}
+
+TEST_F(LateWriteTest, ASetAcknowledgedBeforeAClearDoesNotOutliveIt) {
+  EXPECT_EQ(read_after_late_set("anything", {}, [](cache_stack& a) { return a.clear(); }), "fresh");
+}
+
+TEST_F(LateWriteTest, ASetStartedAfterAnInvalidationIsStored) {
+  instance a = make();
+  ASSERT_TRUE(a.cache->invalidate_tag("user:1").ok());
+  ASSERT_TRUE(a.cache->invalidate_prefix("user:").ok());
+  ASSERT_TRUE(a.cache->clear().ok());
+  ASSERT_TRUE(a.cache
+                  ->set<std::string>("user:1:name", "new",
+                                     {.policy = write_policy::strict, .tags = {"user:1"}})
+                  .ok());
+  instance c = make();
+  EXPECT_EQ(*c.cache->get<std::string>("user:1:name", [] { return std::string("fetched"); }),
+            "new");
+}
+
+TEST_F(LateWriteTest, TheFenceHashKeepsOnlyInvalidationsWithinTheTombstoneLifetime) {
+  auto o = options();
+  o.tombstone_ttl = 200ms;
+  instance a = make(o);
+  ASSERT_TRUE(a.cache->invalidate_prefix("old:").ok());
+  ASSERT_TRUE(a.cache->invalidate_tag("old").ok());
+  EXPECT_EQ(server_.cli({"HLEN", "co:__lc:fence"}), "2");
+  const long long pttl = std::stoll(server_.cli({"PTTL", "co:__lc:fence"}));
+  EXPECT_GT(pttl, 0);
+  EXPECT_LE(pttl, 200);
+  // Versions follow the wall clock: 300 ms later the first two are older than the lifetime.
+  std::this_thread::sleep_for(300ms);
+  ASSERT_TRUE(a.cache->invalidate_prefix("new:").ok());
+  EXPECT_EQ(server_.cli({"HLEN", "co:__lc:fence"}), "1") << "the fence hash grows without bound";
+}
+
 TEST_F(RedisCoordinationTest, TagsAllMatchesOnlyKeysWithEveryTag) {
   instance a = make();
   ASSERT_TRUE(

@@ -711,6 +711,7 @@ class fake_coordinator final : public coordinator {
     return {};
   }
   status invalidate_prefix(std::string_view, std::uint64_t) override { return {}; }
+  status fence_clear(std::uint64_t) override { return {}; }
   status announce_clear(std::uint64_t) override { return {}; }
   std::optional<std::uint64_t> generation(std::string_view, status&) override { return 0; }
   std::optional<std::uint64_t> rotate(std::string_view, status&) override { return 0; }
