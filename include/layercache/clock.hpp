@@ -23,6 +23,12 @@ class clock {
   virtual ~clock() = default;
   // Current wall-clock time in milliseconds since the Unix epoch.
   virtual unix_ms now_ms() const noexcept = 0;
+  // The same time in microseconds, for the versions that order writes of different processes
+  // (read once per mutation or fill, never on a hit). It must agree with now_ms(); the default,
+  // now_ms() * 1000, suits a test clock. The default clock reads the precise CLOCK_REALTIME here:
+  // two instances' writes a millisecond apart must not fall in one coarse tick (1-4 ms), where
+  // their versions would be ordered by per-process counters instead of by time.
+  virtual std::int64_t now_us() const noexcept { return now_ms() * 1000; }
 };
 
 // The default coarse wall clock (see above). Never null.

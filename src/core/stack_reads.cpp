@@ -283,7 +283,7 @@ std::shared_ptr<const void> cache_stack::get_slow(std::string_view key, std::uin
       m.flights.tag(fl, options.tags);
       // A fetched value is as old as the moment the miss began: a delete issued after it has a
       // newer version and wins in Redis, whenever the fill lands.
-      const std::uint64_t version = m.versions.next(m.clock->now_ms());
+      const std::uint64_t version = m.versions.next(m.clock->now_us());
       std::size_t at = 0;
       if (auto e = m.find_below(key, hash, ops, at, &lease, &options)) {
         m.store(&fl, key, hash, ops, e->value, e->negative, e->fresh_until_ms, at, &e->bytes,
@@ -458,7 +458,7 @@ std::vector<std::shared_ptr<const void>> cache_stack::get_many_erased(
     // get_many coordinates its fetch within the process only (no leases: a batch would need one per
     // key); its fills are still versioned, so they never replace a newer value in Redis.
     for (auto& p : led) m.flights.tag(*p.f, options.tags);  // before the version: see get_slow
-    const std::uint64_t version = m.versions.next(m.clock->now_ms());
+    const std::uint64_t version = m.versions.next(m.clock->now_us());
     try {
       std::size_t remaining = led.size();
       for (auto& p : led) {

@@ -84,7 +84,7 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_set(
     return nullptr;
   }
   auto ticket = strict ? std::make_shared<detail::write_ticket>() : nullptr;
-  std::uint64_t version = versions.next(now);
+  std::uint64_t version = versions.next(clock->now_us());
   detail::write_op op = make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(),
                                     nullptr, now, ticket, version, tag_list);
   auto room = room_in(*writer);
@@ -93,7 +93,7 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_set(
   if (version <= newest) {
     // A mutation that took a later version reached the stripe first: ours is applied after it,
     // so it needs a later version too. Rare (a race on the stripe); the encoding is redone here.
-    version = versions.next(now);
+    version = versions.next(clock->now_us());
     op = make_set_op(key, hash, ops, value, false, fresh_until, bytes.size(), nullptr, now, ticket,
                      version, tag_list);
   }
@@ -144,7 +144,7 @@ std::shared_ptr<detail::write_ticket> cache_stack::impl::apply_del(std::string_v
   auto room = room_in(*writer);
   stripe_guard stripe(order_of(hash));
   std::uint64_t& newest = order_version_of(hash);
-  if (version == 0) version = versions.next(clock->now_ms());
+  if (version == 0) version = versions.next(clock->now_us());
   newest = std::max(newest, version);
   flights.invalidate_with(key, hash, [&] {  // see apply_set
     if (l1 != nullptr) l1->erase(key, hash, removal_cause::invalidated);
@@ -323,7 +323,7 @@ status cache_stack::clear() {
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
   // flush() covers first attempts only: a write still waiting for a retry (Redis was down) would
   // land after the clear. Deletes of the clear's version supersede them (write_behind.hpp).
-  const std::uint64_t version = m.versions.next(m.clock->now_ms());
+  const std::uint64_t version = m.versions.next(m.clock->now_us());
   m.fence_pending(version, [](std::string_view) { return true; });
   // The tag index is kept: a key set meanwhile must stay findable (stale keys cost a sweep).
   // Redis refuses writes not newer than the clear from now on (another instance's queued set
@@ -358,7 +358,7 @@ status cache_stack::invalidate_tags(std::span<const std::string> tag_list, tag_m
   // Fetches of tagged keys already running are stale: their keys are in no tag index or tag set
   // yet. A fetch that tags its flight after this takes a newer version than the invalidation's
   // (single_flight.hpp: tag, then version) and began after it: its value may stand.
-  const std::uint64_t version = m.versions.next(m.clock->now_ms());
+  const std::uint64_t version = m.versions.next(m.clock->now_us());
   m.flights.invalidate_tagged(tag_list, all);
   // Our own queued writes first: a tagged set still in the queue would otherwise land after the
   // invalidation and bring the key back.
@@ -416,7 +416,7 @@ status cache_stack::invalidate_prefix(std::string_view prefix) {
   }
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
   m.flights.invalidate_all();
-  const std::uint64_t version = m.versions.next(m.clock->now_ms());
+  const std::uint64_t version = m.versions.next(m.clock->now_us());
   // Writes still waiting for a retry are not covered by flush(): see clear().
   m.fence_pending(version,
                   [&](std::string_view k) { return k.substr(0, prefix.size()) == prefix; });

@@ -76,8 +76,8 @@ local function parse_ver(s)
   if not a then return nil end
   return tonumber(a), tonumber(b)
 end
--- A version's wall milliseconds (version_clock.hpp: ms << 16 | counter).
-local function ver_ms(hi, lo) return hi * 65536 + math.floor(lo / 65536) end
+-- A version's wall milliseconds (version_clock.hpp: microseconds << 12 | counter).
+local function ver_ms(hi, lo) return math.floor((hi * 1048576 + math.floor(lo / 4096)) / 1000) end
 -- Records an invalidation in the fence hash (a newer one of the same field stays) and drops the
 -- fences older than ttl ms before it, so the hash holds what a write retried within the tombstone
 -- lifetime can still meet.

@@ -177,6 +177,9 @@ class skewed_clock final : public lc::clock {
   lc::unix_ms now_ms() const noexcept override {
     return base_->now_ms() + offset_ms_.load(std::memory_order_relaxed);
   }
+  std::int64_t now_us() const noexcept override {
+    return base_->now_us() + offset_ms_.load(std::memory_order_relaxed) * 1000;
+  }
   void set_offset(std::int64_t offset_ms) noexcept {
     offset_ms_.store(offset_ms, std::memory_order_relaxed);
   }
