@@ -291,14 +291,22 @@ void write_behind::execute(std::vector<write_op>& batch, queue& q, bool retries_
       execute_layer(j, order);
     }
   }
+  // The plans of the ops with a ticket, found before settle(): it may erase a retained key whose
+  // string a plan of a key with no op in this batch is keyed by, and a later lookup would compare
+  // against that freed key.
+  std::vector<const key_plan*> ticket_plans(batch.size(), nullptr);
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i].ticket) ticket_plans[i] = &plans.at(batch[i].key);
+  }
   // Failures are reported (settle) before tickets complete: a strict caller that sees its
   // failure can count on the event having been raised.
   settle(q, order);
   // A ticket completes with the first attempt of what decided each layer its op covered
   // (write_policy::strict callers are told; a failure is still retried in the background).
-  for (write_op& op : batch) {
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    write_op& op = batch[i];
     if (!op.ticket) continue;
-    const key_plan& p = plans.at(op.key);
+    const key_plan& p = *ticket_plans[i];
     status r;
     for (std::size_t j = 0; j < op.upto && j < layers_.size(); ++j) {
       if (j == opts_.coord_at && op.local_only) continue;

@@ -15,7 +15,10 @@
 //   * A read that returns value V is a violation when V's write is superseded before the read
 //     began (or V was never written, or not before the read ended). A read that returns nothing —
 //     or a get whose fetcher ran, which is a read of nothing up to the moment the fetcher ran —
-//     is a violation when every delete that could explain it is superseded.
+//     is a violation when every delete that could explain it is superseded by a set or another
+//     user mutation: a set must not be lost, but a fill may be forgotten (a cache may always
+//     decline to keep what it fetched, e.g. when a fence delete of an older mutation is refused
+//     and drops the key from L1 to be safe; op_log.hpp counts no miss at all).
 //   * Classified: ryw (one of the superseding writes was the reader's own: read-your-writes),
 //     resurrection (a value read after a delete superseded it), stale (someone else's completed
 //     write was missed).
@@ -198,6 +201,7 @@ class checker {
   struct per_key {
     std::vector<write_ev> all;  // sorted by start
     std::vector<std::uint64_t> suffix_min_end;
+    std::vector<std::uint64_t> suffix_min_end_user;     // the same without fills
     std::vector<const write_ev*> dels, vals;            // sorted by start
     std::vector<const write_ev*> dels_best, vals_best;  // prefix best (max end / max anchor)
     std::map<std::uint64_t, const write_ev*> by_seq;
@@ -220,10 +224,13 @@ class checker {
         return n > 0 && user_max_end[n - 1] >= f.start;
       };
       suffix_min_end.assign(all.size() + 1, k_never);
+      suffix_min_end_user.assign(all.size() + 1, k_never);
       for (std::size_t i = all.size(); i-- > 0;) {
         all[i].supersedes = !all[i].fill || !overlaps_a_mutation(all[i]);
         suffix_min_end[i] =
             std::min(suffix_min_end[i + 1], all[i].supersedes ? all[i].end : k_never);
+        suffix_min_end_user[i] =
+            std::min(suffix_min_end_user[i + 1], all[i].fill ? k_never : all[i].end);
       }
       for (const auto& w : all) {
         if (w.seq == k_absent) {
@@ -238,11 +245,13 @@ class checker {
         }
       }
     }
-    // The earliest end among writes that started after `anchor` (k_never if none).
-    std::uint64_t min_end_after(std::uint64_t anchor) const {
+    // The earliest end among writes (`users_only`: other than fills) that started after
+    // `anchor` (k_never if none).
+    std::uint64_t min_end_after(std::uint64_t anchor, bool users_only = false) const {
       auto it = std::upper_bound(all.begin(), all.end(), anchor,
                                  [](std::uint64_t a, const write_ev& w) { return a < w.start; });
-      return suffix_min_end[static_cast<std::size_t>(it - all.begin())];
+      const auto i = static_cast<std::size_t>(it - all.begin());
+      return users_only ? suffix_min_end_user[i] : suffix_min_end[i];
     }
     // Among the deletes (values) that started before `before`, the one least likely superseded.
     static const write_ev* best(const std::vector<const write_ev*>& sorted,
@@ -279,11 +288,13 @@ class checker {
       return;
     }
     const std::uint64_t anchor = w->seq == k_absent ? w->end : w->anchor;
-    if (k.min_end_after(anchor) >= op.start) return;  // nothing superseded it before the read
+    // Nothing superseded it before the read (a read of nothing: no user mutation; see the top).
+    const bool nothing = seen == k_absent;
+    if (k.min_end_after(anchor, nothing) >= op.start) return;
     // Who superseded it: the reader itself, a delete, or someone else's write.
     bool own = false, by_delete = false;
     for (const auto& y : k.all) {
-      if (y.supersedes && y.start > anchor && y.end < op.start) {
+      if (y.supersedes && !(nothing && y.fill) && y.start > anchor && y.end < op.start) {
         own = own || y.thread == op.thread;
         by_delete = by_delete || y.seq == k_absent;
       }
@@ -771,6 +782,23 @@ TEST(CoherenceCheckerTest, AFetchAfterACompletedSetIsALostWrite) {
   EXPECT_EQ(v.total(), 1u);
 }
 
+TEST(CoherenceCheckerTest, AFetchedValueMayBeForgottenButNotReadAfterADelete) {
+  // Thread 0's get fetched 10 at 2; later reads of nothing are no violation (a cache may decline to
+  // keep what it fetched), but a set must not be lost, and a delete still hides the fill.
+  const std::vector<op_record> h{make("get", 0, 1, 3, {}, {{0, 10, 2}}, {{0, 10, 2}}),
+                                 make("has", 1, 4, 5, {}, {{0, k_absent, 0}}),
+                                 make("get", 1, 6, 8, {}, {{0, 11, 7}}, {{0, 11, 7}}),
+                                 make("set", 0, 9, 10, {{0, 12, 0}}),
+                                 make("has", 1, 11, 12, {}, {{0, k_absent, 0}}),
+                                 make("del", 0, 13, 14, {{0, k_absent, 0}}),
+                                 make("get", 1, 15, 16, {}, {{0, 12, 0}})};
+  checker c(1, h);
+  const auto v = c.check_reads();
+  EXPECT_EQ(v.stale, 1u) << "the lost set";
+  EXPECT_EQ(v.resurrections, 1u);
+  EXPECT_EQ(v.total(), 2u);
+}
+
 TEST(CoherenceCheckerTest, HasAnswersAreJudgedAgainstAnyLiveValue) {
   const std::vector<op_record> h{
       make("set", 0, 1, 2, {{0, 10, 0}}), make("has", 1, 3, 4, {}, {{0, k_any, 0}}),
@@ -819,11 +847,12 @@ TEST(CoherenceStressTest, AGetStartedAfterADeleteReturnedDoesNotJoinTheStaleFetc
 
 // ---- the stress ---------------------------------------------------------------------------------
 
-// Disabled (issue #9 stays open for it): with the stale-flight join fixed (the test above), the
-// violations fell from 700-1,500 per run to about 100 (ryw ~45, resurrections ~50, stale ~5), and
-// the multi-process chaos run reads none. The traced examples all mix a thread's own del with a
-// concurrent clear / invalidate_prefix / invalidate_tag(s) of other threads, whose fence deletes
-// carry the (older) invalidation's version; the cause is not found yet. Run it by hand with
+// Disabled (issue #9 stays open for it): 9-13 violations per ~135k ops remain (from 700-1,500 on
+// 8817eb3), since the checker no longer counts a forgotten fill (a read of nothing after a fill)
+// as a lost write. The traced examples: a get's fill whose fetch ran before another thread's
+// del/del_many is read after that del returned, while an invalidate_prefix or invalidate_tag of
+// a third thread runs (so the flight's stale mark is somehow lost among the marks of
+// invalidate_all); and a thread's own del missed under the same concurrency. Run it by hand with
 // --gtest_also_run_disabled_tests (LAYERCACHE_STRESS_TRACE=1 prints, for each example, every
 // operation on its key around it).
 TEST(CoherenceStressTest,
