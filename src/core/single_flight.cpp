@@ -11,10 +11,16 @@ flight_table::joined flight_table::join(std::string_view key, std::uint64_t hash
                                         const type_ops* ops) {
   shard& s = shard_for(hash);
   std::lock_guard lock(s.mu);
+  const std::uint64_t ended = sweeps_ended_.load(std::memory_order_seq_cst);
   if (auto it = s.map.find(key); it != s.map.end()) {
     // A stale fetch answers only those who asked before the invalidation; a caller arriving after
-    // it (maybe the thread whose del marked it) must not get the value it removed: lead anew.
-    if (!it->second->invalidated) return {it->second, false};
+    // it (maybe the thread whose del marked it) must not get the value it removed: lead anew. A
+    // doomed one may be shared while no sweep has ended since it began (every caller is then
+    // concurrent with that sweep).
+    const flight& cur = *it->second;
+    if (!cur.invalidated && (!cur.doomed || cur.born_after_ends == ended)) {
+      return {it->second, false};
+    }
     s.map.erase(it);
   }
   auto f = std::make_shared<flight>();
@@ -22,6 +28,8 @@ flight_table::joined flight_table::join(std::string_view key, std::uint64_t hash
   f->hash = hash;
   f->ops = ops;
   f->leader = std::this_thread::get_id();
+  f->doomed = sweeps_.load(std::memory_order_seq_cst) > 0;
+  f->born_after_ends = ended;
   s.map.emplace(f->key, f);
   return {std::move(f), true};
 }
@@ -40,6 +48,17 @@ void flight_table::invalidate_all() {
     std::lock_guard lock(shards_[i].mu);
     for (auto& [key, f] : shards_[i].map) f->invalidated = true;
   }
+}
+
+void flight_table::begin_sweep() {
+  sweeps_.fetch_add(1, std::memory_order_seq_cst);
+  invalidate_all();
+}
+
+void flight_table::end_sweep() {
+  // Ended before lowered: a join that sees the sweep gone also sees that it ended.
+  sweeps_ended_.fetch_add(1, std::memory_order_seq_cst);
+  sweeps_.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 void flight_table::tag(flight& f, std::span<const std::string> tags) {

@@ -12,6 +12,7 @@
 // exactly once, after it left the table.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -34,6 +35,10 @@ struct flight {
   const type_ops* ops = nullptr;
   std::thread::id leader;
   bool invalidated = false;  // guarded by the table shard's mutex
+  // Begun during a sweep (begin_sweep): it may have read a layer before the sweep emptied it, so
+  // it stores nothing; callers may still share it until a sweep ends. Guarded like `invalidated`.
+  bool doomed = false;
+  std::uint64_t born_after_ends = 0;  // sweeps ended before it began
   // The tags the fetched value will carry (get_options::tags), so a tag invalidation reaches a
   // fetch whose key no tag index knows yet. Guarded by the table shard's mutex.
   std::vector<std::string> tags;
@@ -65,6 +70,24 @@ class flight_table {
   // Marks an in-flight fetch of `key` stale. Returns whether there was one.
   bool invalidate(std::string_view key, std::uint64_t hash);
   void invalidate_all();
+  // A sweep (clear, a prefix invalidation) empties layers directly, key by key or all at once,
+  // then L1. invalidate_all() at its start covers the fetches already running; a fetch that begins
+  // while it runs could read a layer before the sweep reaches it and publish after the sweep
+  // passed, so every flight begun between begin_sweep() and end_sweep() is doomed: it stores
+  // nothing in L1 or the byte layers. Sweeps may overlap.
+  void begin_sweep();
+  void end_sweep();
+  // begin_sweep() for its lifetime (end_sweep() after the sweep's last step, L1 included).
+  class sweep {
+   public:
+    explicit sweep(flight_table& t) : t_(t) { t_.begin_sweep(); }
+    ~sweep() { t_.end_sweep(); }
+    sweep(const sweep&) = delete;
+    sweep& operator=(const sweep&) = delete;
+
+   private:
+    flight_table& t_;
+  };
   // Marks an in-flight fetch of `key` stale and runs `change` (a mutation's L1 change and queued
   // byte-layer op) under the same shard lock, so a fetch publishes either entirely before the
   // change (which then replaces or removes what it stored) or after it — then it is stale and
@@ -89,17 +112,17 @@ class flight_table {
   bool publish(flight& f, Store&& store) {
     shard& s = shard_for(f.hash);
     std::lock_guard lock(s.mu);
-    const bool fresh = !f.invalidated;
+    const bool fresh = !f.invalidated && !f.doomed;
     if (fresh) store();
     erase_if_current(s, f);
     return fresh;
   }
 
-  // Whether `f` was marked stale so far (a later invalidation may still mark it).
+  // Whether `f` was marked stale (or doomed) so far (a later invalidation may still mark it).
   bool invalidated(const flight& f) {
     shard& s = shard_for(f.hash);
     std::lock_guard lock(s.mu);
-    return f.invalidated;
+    return f.invalidated || f.doomed;
   }
 
   // Unregisters `f` without storing (fetch failed).
@@ -123,6 +146,11 @@ class flight_table {
 
   std::unique_ptr<shard[]> shards_;
   std::size_t count_;
+  // Sweeps running, and sweeps ended so far. Read under a shard lock by join(); begin_sweep()
+  // raises `sweeps_` before invalidate_all() takes each shard lock, so a join that locks its shard
+  // after that sees it, and one that locked it before has its flight marked.
+  std::atomic<int> sweeps_{0};
+  std::atomic<std::uint64_t> sweeps_ended_{0};
 };
 
 }  // namespace layercache::detail

@@ -28,23 +28,21 @@ struct cache_stack::impl::bus_sink final : detail::bus_listener {
   }
   void on_prefix(std::string_view prefix, std::uint64_t version) override {
     m.bus_received.fetch_add(1, std::memory_order_relaxed);
-    m.flights.invalidate_all();
+    const detail::flight_table::sweep sweeping(m.flights);
     for (std::size_t i = 0; i < m.bytes.size(); ++i) {
       if (i != m.coord_at) (void)m.erase_prefix_in(*m.bytes[i], prefix);
     }
-    m.flights.invalidate_all();  // byte layers, mark, then L1: see cache_stack::clear
-    if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
+    if (m.l1 != nullptr) m.l1->erase_prefix(prefix);  // byte layers, then L1: see clear()
     m.fence_pending(version,
                     [&](std::string_view k) { return k.substr(0, prefix.size()) == prefix; });
   }
   void on_clear(std::uint64_t version) override {
     m.bus_received.fetch_add(1, std::memory_order_relaxed);
-    m.flights.invalidate_all();
+    const detail::flight_table::sweep sweeping(m.flights);
     for (std::size_t i = 0; i < m.bytes.size(); ++i) {
       if (i != m.coord_at) (void)m.bytes[i]->clear();
     }
-    m.flights.invalidate_all();  // byte layers, mark, then L1: see cache_stack::clear
-    if (m.l1 != nullptr) (void)m.l1->clear();
+    if (m.l1 != nullptr) (void)m.l1->clear();  // byte layers, then L1: see clear()
     m.fence_pending(version, [](std::string_view) { return true; });
   }
   void on_rotate(std::string_view path, std::uint64_t generation) override {

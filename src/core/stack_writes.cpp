@@ -181,47 +181,46 @@ void cache_stack::impl::store(flight* f, std::string_view key, std::uint64_t has
                               const detail::type_ops& ops, const std::shared_ptr<const void>& value,
                               bool negative, unix_ms fresh_until, std::size_t upto,
                               const std::string* stored_bytes, unix_ms now, const fill_info& fill) {
-  // The L1 insert below runs under the flight-table shard lock (publish): removals it causes are
-  // reported to on_remove after the lock is released.
+  // The L1 insert and the queued write below run under the flight-table shard lock (publish):
+  // removals the insert causes are reported to on_remove after the lock is released.
   detail::removal_deferral defer;
-  // A flight invalidated before we queue anything queues nothing: its compensating delete below
-  // would also remove what an invalidating set() queued for the byte layers.
-  const bool stale_already = f != nullptr && flights.invalidated(*f);
   const std::uint64_t version = stored_bytes != nullptr ? version_of(*stored_bytes) : fill.version;
-  const bool queue = upto > 0 && !stale_already;
-  if (queue) {
-    detail::write_op op = make_set_op(key, hash, ops, value, negative, fresh_until, upto,
-                                      stored_bytes, now, nullptr, version, fill.tags);
-    op.fill = true;
-    op.lease.assign(fill.lease);
-    writer->submit(std::move(op), room_in(*writer));
-  } else if (!fill.lease.empty() && coord != nullptr) {
-    coord->release(key, fill.lease);
+  // Encoded (slow) and room reserved (may wait) before the lock; a flight already stale skips
+  // both. Whether it is stale is decided once, under the lock, for L1 and the byte layers alike:
+  // queueing the fill before that check (as this did) let a del land in between, and the fill,
+  // queued after it and reported by pending() until its compensating delete followed, was read
+  // back by other threads and stored in L1 after the del had returned (found by the stress).
+  std::optional<detail::write_op> op;
+  detail::write_behind::slot room;
+  if (upto > 0 && (f == nullptr || !flights.invalidated(*f))) {
+    op = make_set_op(key, hash, ops, value, negative, fresh_until, upto, stored_bytes, now, nullptr,
+                     version, fill.tags);
+    op->fill = true;
+    op->lease.assign(fill.lease);
+    room = room_in(*writer);
   }
   const unix_ms l1_until = l1_expiry(fresh_until, now);
-  auto insert_l1 = [&] {
+  auto publish = [&] {
     if (l1 != nullptr) {
       l1->insert(key, hash, value, &ops, negative, l1_until, value ? ops.weigh(value.get()) : 0);
     }
+    if (op) writer->submit(std::move(*op), std::move(room));
   };
   if (f == nullptr) {
-    insert_l1();
+    publish();
     if (l1 != nullptr) index_tags(key, fill.tags);
     return;
   }
-  if (!flights.publish(*f, insert_l1)) {
-    stale_fills.fetch_add(1, std::memory_order_relaxed);
-    emit(event_type::stale_fill, "", key,
-         status(errc::ok, "fetched value not stored: invalidated during the fetch"));
-    // Queued after our write, so it undoes it in the byte layers. It carries the fill's own
-    // version and is conditional: in every layer it removes our fill, never the newer value
-    // that invalidated it (nor replaces that value's own write still queued with it).
-    if (queue) {
-      submit_del(key, hash, upto, nullptr, version, room_in(*writer), false, /*conditional=*/true);
-    }
-  } else if (l1 != nullptr) {
-    index_tags(key, fill.tags);
+  if (flights.publish(*f, publish)) {
+    if (l1 != nullptr) index_tags(key, fill.tags);
+    return;
   }
+  // Stale: nothing was stored or queued. The lease goes back (a queued fill would have carried it
+  // to the write script, which releases it).
+  if (!fill.lease.empty() && coord != nullptr) coord->release(key, fill.lease);
+  stale_fills.fetch_add(1, std::memory_order_relaxed);
+  emit(event_type::stale_fill, "", key,
+       status(errc::ok, "fetched value not stored: invalidated during the fetch"));
 }
 
 std::string cache_stack::impl::encode(const detail::type_ops& ops,
@@ -316,7 +315,7 @@ status cache_stack::del_many(std::span<const std::string_view> keys, const del_o
 
 status cache_stack::clear() {
   impl& m = *impl_;
-  m.flights.invalidate_all();
+  const detail::flight_table::sweep sweeping(m.flights);  // until L1 is empty too
   status result;
   // Writes queued before the clear must land before it, or they would resurrect cleared entries
   // (and read-your-writes would keep serving them meanwhile).
@@ -331,10 +330,10 @@ status cache_stack::clear() {
   if (m.coord != nullptr) {
     result.update(detail::attribute_to(*m.bytes[m.coord_at], m.coord->fence_clear(version)));
   }
-  // Byte layers first, then every flight marked, then L1: a get that read a byte layer before it
-  // was cleared either published before the mark (the L1 clear removes it) or is stale.
+  // Byte layers first, then L1: a get that read a byte layer before it was cleared either
+  // published before the sweep began (the L1 clear removes it, the byte-layer write was flushed
+  // above) or was marked or doomed by the sweep and publishes nothing.
   for (auto* b : m.bytes) result.update(detail::attribute_to(*b, b->clear()));
-  m.flights.invalidate_all();
   if (m.l1 != nullptr) result.update(detail::attribute_to(*m.l1, m.l1->clear()));
   if (m.coord != nullptr) {
     result.update(detail::attribute_to(*m.bytes[m.coord_at], m.coord->announce_clear(version)));
@@ -414,8 +413,10 @@ status cache_stack::invalidate_prefix(std::string_view prefix) {
         "layercache: invalidate_prefix(\"\") would remove every key of every instance; call "
         "clear() for that");
   }
+  // Before the flush: a fetch publishing between the two would queue a write the flush does not
+  // wait for, which could land after the sweep passed its key.
+  const detail::flight_table::sweep sweeping(m.flights);  // until L1 is swept too
   if (m.writer) (void)m.writer->flush(m.options.shutdown_flush_timeout);
-  m.flights.invalidate_all();
   const std::uint64_t version = m.versions.next(m.clock->now_us());
   // Writes still waiting for a retry are not covered by flush(): see clear().
   m.fence_pending(version,
@@ -428,8 +429,7 @@ status cache_stack::invalidate_prefix(std::string_view prefix) {
       result.update(m.erase_prefix_in(*m.bytes[i], prefix));
     }
   }
-  m.flights.invalidate_all();  // byte layers, mark, then L1: see clear()
-  if (m.l1 != nullptr) m.l1->erase_prefix(prefix);
+  if (m.l1 != nullptr) m.l1->erase_prefix(prefix);  // byte layers, then L1: see clear()
   return result;
 }
 

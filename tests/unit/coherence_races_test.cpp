@@ -153,6 +153,109 @@ TEST(ReadYourWritesTest, ADeleteWaitingForARetryStillHidesItsValueAfterAFillSupe
   l2->heal();
 }
 
+// Found by the stress: invalidate_prefix is paused in its scan of the lower layer (the upper one
+// already swept). A get that begins then reads the lower layer's old copy; it joined after the
+// sweep's first mark and published before its second, so its backfill into the upper layer
+// landed after that layer was swept, and the invalidated value came back from it once
+// invalidate_prefix had returned. A fetch begun during a sweep now stores nothing.
+TEST(SweepTest, AGetBegunDuringAPrefixInvalidationDoesNotBringTheOldValueBack) {
+  auto l2 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.name = "l2"}));
+  auto l3 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.name = "l3"}));
+  {
+    cache_stack writer({l3});
+    ASSERT_TRUE(writer.set<std::string>("a1", "old").ok());
+    ASSERT_TRUE(writer.flush());
+  }
+  gate scanning, release;
+  std::atomic<bool> armed{false};
+  l3->set_hook([&](unsigned, std::string_view op) {
+    if (op == "scan" && armed.exchange(false)) {
+      scanning.open();
+      release.wait();
+    }
+  });
+  cache_stack cache({memory_layer::create({}), l2, l3});
+  armed = true;
+  std::jthread sweeper([&] { EXPECT_TRUE(cache.invalidate_prefix("a").ok()); });
+  ASSERT_TRUE(scanning.wait());
+  // l2 has been swept, l3 not yet: this get reads l3's old copy (it may: it is concurrent).
+  (void)cache.get<std::string>("a1", [] { return std::string("fetched"); });
+  EXPECT_TRUE(cache.flush());  // a backfill into l2, if it queued one, has landed
+  release.open();
+  sweeper.join();
+  EXPECT_EQ(*cache.get<std::string>("a1", [] { return std::string("fresh"); }), "fresh")
+      << "the invalidated value came back";
+}
+
+TEST(SweepTest, ClearDoesNotLetAGetBegunDuringItBringTheOldValueBack) {
+  auto l2 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.name = "l2"}));
+  auto l3 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.name = "l3"}));
+  {
+    cache_stack writer({l3});
+    ASSERT_TRUE(writer.set<std::string>("a1", "old").ok());
+    ASSERT_TRUE(writer.flush());
+  }
+  gate clearing, release;
+  std::atomic<bool> armed{false};
+  l3->set_hook([&](unsigned, std::string_view op) {
+    if (op == "clear" && armed.exchange(false)) {
+      clearing.open();
+      release.wait();
+    }
+  });
+  cache_stack cache({memory_layer::create({}), l2, l3});
+  armed = true;
+  std::jthread sweeper([&] { EXPECT_TRUE(cache.clear().ok()); });
+  ASSERT_TRUE(clearing.wait());
+  (void)cache.get<std::string>("a1", [] { return std::string("fetched"); });
+  EXPECT_TRUE(cache.flush());
+  release.open();
+  sweeper.join();
+  EXPECT_EQ(*cache.get<std::string>("a1", [] { return std::string("fresh"); }), "fresh")
+      << "the cleared value came back";
+}
+
+TEST(SweepTest, CallersOfOneKeyDuringASweepStillShareOneFetch) {
+  // Flights begun during a sweep store nothing, but they are still shared: the sweep must not
+  // turn a burst of misses into one fetch per caller.
+  auto l2 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.name = "l2"}));
+  gate scanning, release, fetching, fetched;
+  std::atomic<bool> armed{false};
+  l2->set_hook([&](unsigned, std::string_view op) {
+    if (op == "scan" && armed.exchange(false)) {
+      scanning.open();
+      release.wait();
+    }
+  });
+  cache_stack cache({memory_layer::create({}), l2});
+  armed = true;
+  std::jthread sweeper([&] { EXPECT_TRUE(cache.invalidate_prefix("a").ok()); });
+  ASSERT_TRUE(scanning.wait());
+  std::atomic<int> fetches{0};
+  std::jthread first([&] {
+    (void)cache.get<std::string>("b1", [&] {
+      ++fetches;
+      fetching.open();
+      fetched.wait();
+      return std::string("v");
+    });
+  });
+  ASSERT_TRUE(fetching.wait());
+  std::jthread second([&] {
+    (void)cache.get<std::string>("b1", [&] {
+      ++fetches;
+      return std::string("v");
+    });
+  });
+  EXPECT_TRUE(eventually([&] { return cache.metrics().dedupes == 1 || fetches.load() == 2; }));
+  fetched.open();
+  first.join();
+  second.join();
+  release.open();
+  sweeper.join();
+  EXPECT_EQ(fetches.load(), 1);
+}
+
 TEST(TagInvalidationTest, AFetchOfATaggedKeyInFlightIsStaleAfterInvalidateTag) {
   auto l1 = memory_layer::create({});
   auto bytes = test_byte_layer::create({});

@@ -443,6 +443,16 @@ std::atomic<std::uint64_t> g_seq{1};   // value sequence numbers (0 = absent)
 
 std::uint64_t tick() { return g_tick.fetch_add(1); }
 
+// Debugging aid: LAYERCACHE_STRESS_SKIP=clear,invalidate_prefix leaves those kinds out of the mix
+// (to find which kinds a violation needs).
+bool skipped(const char* kind) {
+  static const std::string skip = [] {
+    const char* s = std::getenv("LAYERCACHE_STRESS_SKIP");
+    return s != nullptr ? "," + std::string(s) + "," : std::string();
+  }();
+  return !skip.empty() && skip.find("," + std::string(kind) + ",") != std::string::npos;
+}
+
 // One thread's workload until `until`; returns its records.
 std::vector<op_record> run_thread(subject& s, int thread,
                                   std::chrono::steady_clock::time_point until,
@@ -457,6 +467,19 @@ std::vector<op_record> run_thread(subject& s, int thread,
     op.thread = thread;
     const int key = pick(k_keys);
     const int dice = pick(1000);
+    const char* kind = dice < 220   ? "get"
+                       : dice < 320 ? "get_many"
+                       : dice < 470 ? "get_if_present"
+                       : dice < 570 ? "has"
+                       : dice < 720 ? "set"
+                       : dice < 770 ? "set_many"
+                       : dice < 860 ? "del"
+                       : dice < 900 ? "del_many"
+                       : dice < 930 ? "invalidate_tag"
+                       : dice < 955 ? "invalidate_tags"
+                       : dice < 995 ? "invalidate_prefix"
+                                    : "clear";
+    if (skipped(kind)) continue;
     // A fetcher: a fresh value, recorded with the tick at which it was produced.
     auto fetch_for = [&](int k) {
       dawdle(8, 100us);
@@ -847,16 +870,13 @@ TEST(CoherenceStressTest, AGetStartedAfterADeleteReturnedDoesNotJoinTheStaleFetc
 
 // ---- the stress ---------------------------------------------------------------------------------
 
-// Disabled (issue #9 stays open for it): 9-13 violations per ~135k ops remain (from 700-1,500 on
-// 8817eb3), since the checker no longer counts a forgotten fill (a read of nothing after a fill)
-// as a lost write. The traced examples: a get's fill whose fetch ran before another thread's
-// del/del_many is read after that del returned, while an invalidate_prefix or invalidate_tag of
-// a third thread runs (so the flight's stale mark is somehow lost among the marks of
-// invalidate_all); and a thread's own del missed under the same concurrency. Run it by hand with
-// --gtest_also_run_disabled_tests (LAYERCACHE_STRESS_TRACE=1 prints, for each example, every
-// operation on its key around it).
-TEST(CoherenceStressTest,
-     DISABLED_ManyThreadsFewKeysEveryMutationKeepReadYourWritesAndNoResurrection) {
+// History: 700-1,500 violations per run on 8817eb3. The last ones (9-13 per ~135k ops) were two
+// library bugs, each now with a test of its own: a fill queued before its flight's stale check
+// (ReadYourWritesTest: store() decides once, under the flight lock), and fetches begun during a
+// clear or prefix invalidation publishing after it passed (SweepTest). LAYERCACHE_STRESS_TRACE=1
+// prints, for each example, every operation on its key around it; LAYERCACHE_STRESS_SKIP leaves
+// kinds out of the mix.
+TEST(CoherenceStressTest, ManyThreadsFewKeysEveryMutationKeepReadYourWritesAndNoResurrection) {
   const auto f =
       stress([](cache_stack& c) { return std::make_unique<subject>(c); }, k_threads, k_duration);
   print("stress", f);

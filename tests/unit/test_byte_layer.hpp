@@ -288,6 +288,12 @@ class faulty_byte_layer final : public byte_layer {
     if (auto s = should_fail(fault::clear, "clear")) return std::move(*s);
     return inner_->clear();
   }
+  // A scan is a read: it fails with fault::get.
+  status scan(
+      const std::function<bool(std::string_view key, std::string_view bytes)>& visit) override {
+    if (auto s = should_fail(fault::get, "scan")) return std::move(*s);
+    return inner_->scan(visit);
+  }
 
  private:
   std::optional<status> should_fail(unsigned kind, std::string_view op) {
