@@ -134,7 +134,10 @@ class coordinator {
   // The current generation of namespace `path` (0 when never rotated), or an error.
   virtual std::optional<std::uint64_t> generation(std::string_view path, status& error) = 0;
   // Bumps the generation of `path` and announces it; returns the new one.
-  virtual std::optional<std::uint64_t> rotate(std::string_view path, status& error) = 0;
+  // `version`: the rotation's; a write under the old generation reaching the shared layer later is
+  // moved to the new one when it is newer than that, and refused otherwise.
+  virtual std::optional<std::uint64_t> rotate(std::string_view path, std::uint64_t version,
+                                              status& error) = 0;
 };
 
 }  // namespace layercache::detail

@@ -274,7 +274,10 @@ struct cache_stack::impl {
 
   // Moves `node` to generation `g` (never backwards, except away from a placeholder) and drops
   // the L1 entries of the generation it leaves.
-  void move_generation(detail::ns_node& node, std::uint64_t g, bool from_redis);
+  // `carry_writes`: our queued writes under the old generation are reported under the new one
+  // until they land (another instance rotated; not for our own rotation).
+  void move_generation(detail::ns_node& node, std::uint64_t g, bool from_redis,
+                       bool carry_writes = true);
 
   void emit(event_type type, std::string_view layer, std::string_view key, const status& detail) {
     if (!options.on_event) return;

@@ -27,16 +27,26 @@ void cache_stack::impl::reload_generations() {
   }
 }
 
-void cache_stack::impl::move_generation(detail::ns_node& node, std::uint64_t g, bool from_redis) {
+void cache_stack::impl::move_generation(detail::ns_node& node, std::uint64_t g, bool from_redis,
+                                        bool carry_writes) {
+  std::string parent;
+  if (node.parent) node.parent->append_prefix(parent);
   std::uint64_t old = node.generation->load(std::memory_order_acquire);
   for (;;) {
     const bool placeholder = (old & unknown_generation) != 0;
     if (old == g || (!placeholder && g < old) || (placeholder && !from_redis)) return;
+    if (carry_writes && writer) {
+      // Our writes under the old generation still on their way land in the new one (lua_write
+      // moves those newer than the rotation): reads of the new keys must see them until then.
+      std::string from = parent, to = parent;
+      detail::ns_node::append_level(from, node.name, old);
+      detail::ns_node::append_level(to, node.name, g);
+      writer->alias_pending(from, to);
+    }
     if (node.generation->compare_exchange_weak(old, g, std::memory_order_acq_rel)) break;
   }
   if (l1 == nullptr) return;
-  std::string prefix;
-  if (node.parent) node.parent->append_prefix(prefix);
+  std::string prefix = parent;
   detail::ns_node::append_level(prefix, node.name, old);
   l1->erase_prefix(prefix);
 }
@@ -114,13 +124,14 @@ status cache_stack::rotate_namespace(const detail::ns_node& node) {
   std::uint64_t next = 0;
   if (m.coord != nullptr) {
     status error;
-    auto g = m.coord->rotate(node.path, error);
+    auto g = m.coord->rotate(node.path, m.versions.next(m.clock->now_us()), error);
     if (!g) return detail::attribute_to(*m.bytes[m.coord_at], error);
     next = *g;
   } else {
     next = (registered->generation->load(std::memory_order_acquire) & ~unknown_generation) + 1;
   }
-  m.move_generation(*registered, next, true);
+  // Our own rotation: our writes under the old generation came before it and stay there.
+  m.move_generation(*registered, next, true, /*carry_writes=*/false);
   return {};
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "layercache/detail/envelope.hpp"
+#include "layercache/detail/hash.hpp"
 
 namespace layercache::detail {
 
@@ -406,11 +407,71 @@ void write_behind::execute_coordinated(std::vector<key_plan*>& plans) {
 
 void write_behind::retire(const write_op& op) {
   if (op.local_only) return;  // never registered (submit)
-  pending_shard& ps = pending_for(op.hash);
+  std::vector<std::string> aliases;
+  {
+    pending_shard& ps = pending_for(op.hash);
+    std::lock_guard lock(ps.mu);
+    auto it = ps.map.find(op.key);
+    if (it == ps.map.end()) return;
+    if (--it->second.outstanding != 0) return;
+    aliases = std::move(it->second.aliases);
+    ps.map.erase(it);
+  }
+  // One shard lock at a time: an alias lives in another shard.
+  for (const auto& a : aliases) drop_alias(a);
+}
+
+void write_behind::drop_alias(const std::string& key) {
+  pending_shard& ps = pending_for(hash_key(key));
   std::lock_guard lock(ps.mu);
-  auto it = ps.map.find(op.key);
-  if (it == ps.map.end()) return;
-  if (--it->second.outstanding == 0) ps.map.erase(it);
+  auto it = ps.map.find(key);
+  if (it != ps.map.end() && it->second.alias) ps.map.erase(it);
+}
+
+void write_behind::alias_pending(std::string_view from, std::string_view to) {
+  struct copy {
+    std::string original;
+    std::string key;
+    pending_entry entry;
+  };
+  std::vector<copy> made;
+  for (std::size_t i = 0; i < pending_count; ++i) {
+    pending_shard& ps = pending_[i];
+    std::lock_guard lock(ps.mu);
+    for (const auto& [key, e] : ps.map) {
+      if (key.compare(0, from.size(), from) != 0) continue;
+      // An alias moves on too (a second rotation before the write landed), still tied to the
+      // entry it reports.
+      copy c{e.alias ? e.alias_of : key, std::string(to) + key.substr(from.size()), e};
+      c.entry.alias = true;
+      c.entry.alias_of = c.original;
+      c.entry.aliases.clear();
+      c.entry.outstanding = 0;
+      made.push_back(std::move(c));
+    }
+  }
+  for (auto& c : made) {
+    {
+      pending_shard& ps = pending_for(hash_key(c.key));
+      std::lock_guard lock(ps.mu);
+      auto [it, fresh] = ps.map.try_emplace(c.key, c.entry);
+      // An op of our own on the new key itself (issued since we moved) reports itself.
+      if (!fresh && !it->second.alias) continue;
+      if (!fresh) it->second = c.entry;
+    }
+    // Link it to the original, or take it back if the original is done already.
+    bool linked = false;
+    {
+      pending_shard& ps = pending_for(hash_key(c.original));
+      std::lock_guard lock(ps.mu);
+      auto it = ps.map.find(c.original);
+      if (it != ps.map.end()) {
+        it->second.aliases.push_back(c.key);
+        linked = true;
+      }
+    }
+    if (!linked) drop_alias(c.key);
+  }
 }
 
 }  // namespace layercache::detail

@@ -182,6 +182,12 @@ class write_behind {
                        std::shared_ptr<const std::string>* bytes,
                        std::uint64_t* fence = nullptr) const;
 
+  // Makes every key starting with `from` that has an op pending also report it under `to` + the
+  // rest of the key, until that op is done: a namespace moved to a new generation while writes of
+  // its old one are still on their way (the shared layer moves them to the new one, lua_write),
+  // and reads of the new keys must see them meanwhile.
+  void alias_pending(std::string_view from, std::string_view to);
+
   // The keys with an op not yet executed or still retried (local-only ops excluded) that `match`
   // accepts.
   std::vector<std::string> pending_keys(const std::function<bool(std::string_view)>& match) const;
@@ -234,6 +240,11 @@ class write_behind {
     pending_kind kind = pending_kind::none;
     std::shared_ptr<const std::string> bytes;
     std::uint64_t fence = 0;  // the highest write_op::fences of a registered fill
+    // An alias (alias_pending) reports another key's entry; that entry lists its aliases, which
+    // go when it does.
+    bool alias = false;
+    std::string alias_of;              // an alias: the key whose entry it reports
+    std::vector<std::string> aliases;  // not an alias: its aliases
   };
   struct pending_shard {
     mutable std::mutex mu;
@@ -260,6 +271,7 @@ class write_behind {
   void execute_layer(std::size_t j, std::vector<key_plan*>& plans);
   void execute_coordinated(std::vector<key_plan*>& plans);
   void register_pending(const write_op& op);
+  void drop_alias(const std::string& key);
   void register_fence(const write_op& fill);
   void retire(const write_op& op);
   pending_shard& pending_for(std::uint64_t hash) const { return pending_[hash % pending_count]; }

@@ -7,6 +7,7 @@
 //   P__lc:seq:<origin>     the origin's bus sequence counter; expires 24 h after its last
 //                          message, so a silent origin restarts at 1 (a fresh start, not a loss)
 //   P__lc:ns:<path>        a namespace's generation (never deleted: clear() skips it)
+//   P__lc:nsv:<path>       "hi:lo", the version of its latest rotation (kept like the generation)
 //   P__lc:fence            hash of the recent invalidations a late write must lose to, field ->
 //                          "hi:lo" version: c (clear), p<prefix>, t<tag> (any), a<tags> (all:
 //                          "<len>:<tag>" per tag, sorted); kept tombstone_ttl (clear() skips it)
@@ -158,10 +159,18 @@ return 1
 // refused like one not newer than the key's tombstone: a write acknowledged before the
 // invalidation but reaching Redis after it (queued, retried) would otherwise outlive it, since the
 // invalidation could not tombstone a key it did not find.
+// Namespaces: after the 8 fields, a level count and per level the 1-based offset and length of
+// its generation in the key; KEYS gain per level the generation key and the rotation-version key
+// (before the tag sets). A set or delete written under a generation that is no longer the
+// namespace's (its instance had not heard of a rotation yet) goes to the current generation when
+// it is newer than that rotation, and is refused otherwise (it belonged to what the rotation
+// dropped); a fill under an old generation is refused. The key a redirected write lands on is
+// computed here, not declared in KEYS (Redis Cluster needs the namespace's slot: issue #12).
 constexpr std::string_view lua_write = R"lua(
 local n = tonumber(ARGV[5])
 local tagpre = tonumber(ARGV[7])
-local ai, ki = 8, 3
+local valpre = ARGV[8]
+local ai, ki = 9, 3
 local out, keys = {}, {}
 local vhi, vlo = 0, 0
 local fences = {}
@@ -201,11 +210,26 @@ local function fenced(kind, key, hi, lo, tag0, ntags)
 end
 for i = 1, n do
   local kind, hi, lo, bytes, px, token = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2]), ARGV[ai + 3], ARGV[ai + 4], ARGV[ai + 5]
-  local ntags, key = tonumber(ARGV[ai + 6]), ARGV[ai + 7]
-  ai = ai + 8
-  local vkey, lkey, tag0 = KEYS[ki], KEYS[ki + 1], ki + 2
-  ki = ki + 2 + ntags
+  local ntags, key, nlevels = tonumber(ARGV[ai + 6]), ARGV[ai + 7], tonumber(ARGV[ai + 8])
+  local vkey, lkey = KEYS[ki], KEYS[ki + 1]
   local ok, tell = true, kind ~= 'f'
+  local shift = 0
+  for l = 1, nlevels do
+    local off, len = tonumber(ARGV[ai + 7 + 2 * l]) + shift, tonumber(ARGV[ai + 8 + 2 * l])
+    local cur = redis.call('GET', KEYS[ki + 2 * l]) or '0'
+    if ok and string.sub(key, off, off + len - 1) ~= cur then
+      local rhi, rlo = parse_ver(redis.call('GET', KEYS[ki + 1 + 2 * l]) or '')
+      if kind == 'f' or (rhi and not_older(rhi, rlo, hi, lo)) then ok = false
+      else
+        key = string.sub(key, 1, off - 1) .. cur .. string.sub(key, off + len)
+        shift = shift + #cur - len
+        vkey = valpre .. key
+      end
+    end
+  end
+  local tag0 = ki + 2 + 2 * nlevels
+  ai = ai + 9 + 2 * nlevels
+  ki = tag0 + ntags
   if kind == 'f' and token ~= '' and redis.call('HGET', lkey, 't') ~= token then ok = false end
   if ok and kind ~= 'd' and fenced(kind, key, hi, lo, tag0, ntags) then ok = false end
   if ok then
@@ -306,10 +330,15 @@ announce(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], la, lb)
 return 1
 )lua";
 
-// KEYS: namespace generation, seq. ARGV: bus channel, origin, path. -> the new generation
+// KEYS: namespace generation, seq, rotation version. ARGV: bus channel, origin, path, hi, lo.
+// -> the new generation. The rotation's version (the newest, if two race) lets lua_write tell a
+// write issued before the rotation from one issued after it by an instance that had not heard.
 constexpr std::string_view lua_rotate = R"lua(
 local g = redis.call('INCR', KEYS[1])
-announce(KEYS[2], ARGV[1], ARGV[2], 'r', '0:0', {ARGV[3]}, {tostring(g)})
+local hi, lo = tonumber(ARGV[4]), tonumber(ARGV[5])
+local chi, clo = parse_ver(redis.call('GET', KEYS[3]) or '')
+if not chi or not not_older(chi, clo, hi, lo) then redis.call('SET', KEYS[3], hi .. ':' .. lo) end
+announce(KEYS[2], ARGV[1], ARGV[2], 'r', hi .. ':' .. lo, {ARGV[3]}, {tostring(g)})
 return g
 )lua";
 
@@ -338,6 +367,45 @@ std::string le64(std::uint64_t v) {
   return out;
 }
 
+// One namespace level of a stack key ("@ns:<len>:<name>#<gen>:", nested levels in a row): its
+// path ("a/b") and where its generation's digits are in the key.
+struct ns_level {
+  std::string path;
+  std::size_t offset = 0;
+  std::size_t length = 0;
+};
+
+std::vector<ns_level> ns_levels(std::string_view key) {
+  std::vector<ns_level> out;
+  std::string path;
+  std::size_t pos = 0;
+  constexpr std::string_view marker = "@ns:";
+  auto digits = [&](std::size_t from) {
+    std::size_t end = from;
+    while (end < key.size() && key[end] >= '0' && key[end] <= '9') ++end;
+    return end;
+  };
+  while (key.substr(pos, marker.size()) == marker) {
+    const std::size_t len_at = pos + marker.size();
+    const std::size_t len_end = digits(len_at);
+    std::size_t len = 0;
+    if (len_end == len_at || len_end >= key.size() || key[len_end] != ':' ||
+        std::from_chars(key.data() + len_at, key.data() + len_end, len).ec != std::errc()) {
+      break;
+    }
+    const std::size_t name_at = len_end + 1;
+    if (name_at + len >= key.size() || key[name_at + len] != '#') break;
+    const std::size_t gen_at = name_at + len + 1;
+    const std::size_t gen_end = digits(gen_at);
+    if (gen_end == gen_at || gen_end >= key.size() || key[gen_end] != ':') break;
+    const std::string_view name = key.substr(name_at, len);
+    path = path.empty() ? std::string(name) : path + "/" + std::string(name);
+    out.push_back({path, gen_at, gen_end - gen_at});
+    pos = gen_end + 1;
+  }
+  return out;
+}
+
 std::uint64_t envelope_version(std::string_view env) {
   detail::envelope_header h;
   return detail::peek_envelope_header(env, h).ok() ? h.version : 0;
@@ -354,6 +422,7 @@ class redis_coordinator final : public detail::coordinator {
     lease_prefix_ = base + "lease:";
     tag_prefix_ = base + "tag:";
     ns_prefix_ = base + "ns:";
+    nsv_prefix_ = base + "nsv:";
     seq_key_ = base + "seq:" + std::to_string(origin_);
     bus_channel_ = base + "bus";
     fill_channel_ = base + "fill";
@@ -544,7 +613,8 @@ class redis_coordinator final : public detail::coordinator {
                                   std::to_string(o_.tombstone_ttl.count()),
                                   std::to_string(writes.size()),
                                   quiet ? "1" : "0",
-                                  std::to_string(tag_prefix_.size())};
+                                  std::to_string(tag_prefix_.size()),
+                                  o_.prefix};
     std::vector<std::size_t> sent;  // index in `writes` of each entry sent
     status oversize;
     for (std::size_t i = 0; i < writes.size(); ++i) {
@@ -568,6 +638,11 @@ class redis_coordinator final : public detail::coordinator {
       }
       keys.push_back(o_.prefix + std::string(w.key));
       keys.push_back(lease_prefix_ + std::string(w.key));
+      const std::vector<ns_level> levels = ns_levels(w.key);
+      for (const auto& l : levels) {
+        keys.push_back(ns_prefix_ + l.path);
+        keys.push_back(nsv_prefix_ + l.path);
+      }
       for (const auto& t : w.tags) keys.push_back(tag_prefix_ + t);
       const bool del = w.type == detail::coordinated_write::kind::del;
       const std::uint64_t version = del ? w.version : envelope_version(w.bytes);
@@ -580,6 +655,11 @@ class redis_coordinator final : public detail::coordinator {
       args.emplace_back(w.lease);
       args.push_back(std::to_string(w.tags.size()));
       args.emplace_back(w.key);
+      args.push_back(std::to_string(levels.size()));
+      for (const auto& l : levels) {
+        args.push_back(std::to_string(l.offset + 1));
+        args.push_back(std::to_string(l.length));
+      }
       sent.push_back(i);
     }
     if (sent.empty()) {
@@ -694,15 +774,19 @@ class redis_coordinator final : public detail::coordinator {
     return g;
   }
 
-  std::optional<std::uint64_t> rotate(std::string_view path, status& error) override {
+  std::optional<std::uint64_t> rotate(std::string_view path, std::uint64_t version,
+                                      status& error) override {
     if (!ctx_.write_allowed()) {
       error = ctx_.write_outcome(status(errc::unavailable, "circuit breaker open"));
       return std::nullopt;
     }
     const std::string gen_key = ns_prefix_ + std::string(path);
+    const std::string ver_key = nsv_prefix_ + std::string(path);
     const std::string origin = std::to_string(origin_);
-    const std::string_view keys[] = {gen_key, seq_key_};
-    const std::string_view args[] = {bus_channel_, origin, path};
+    const std::string hi = std::to_string(version >> 32);
+    const std::string lo = std::to_string(version & 0xFFFFFFFFu);
+    const std::string_view keys[] = {gen_key, seq_key_, ver_key};
+    const std::string_view args[] = {bus_channel_, origin, path, hi, lo};
     result r = run(s_rotate, keys, args, o_.write_deadline);
     error = ctx_.write_outcome(r.error);
     if (!error.ok()) return std::nullopt;
@@ -974,7 +1058,7 @@ class redis_coordinator final : public detail::coordinator {
   const redis_layer_options& o_;
   std::uint64_t origin_ = 0;
   std::string lease_prefix_, tag_prefix_, ns_prefix_, seq_key_, bus_channel_, fill_channel_;
-  std::string fence_key_;
+  std::string fence_key_, nsv_prefix_;
 
   script scripts_[s_count];
   std::shared_ptr<digest_table> digests_ = std::make_shared<digest_table>();

@@ -339,7 +339,8 @@ status redis_layer::clear() {
   if (!m.write_breaker->allow(steady_ms())) return m.refused();
   // Namespace generations and bus sequence counters survive a clear: resetting a generation would
   // let instances that remember the old one disagree with those that read it afresh.
-  const std::string keep_ns = m.options.prefix + std::string(redis_detail::internal_marker) + "ns:";
+  // (The prefix "ns" keeps the rotation versions, "nsv:", too.)
+  const std::string keep_ns = m.options.prefix + std::string(redis_detail::internal_marker) + "ns";
   const std::string keep_seq =
       m.options.prefix + std::string(redis_detail::internal_marker) + "seq:";
   // The fences of recent invalidations (this clear's included) must outlive it.

@@ -505,6 +505,53 @@ TEST_F(RedisCoordinationTest, NamespaceRotationInvalidatesEveryInstanceWithoutSc
             "after");
 }
 
+// Found by the chaos benchmark (read-your-writes under write timeouts): A rotated a namespace;
+// B, whose traffic was delayed, had not heard of it and wrote under the old generation; once it
+// heard, its threads read the new generation, which held A's value, older than B's own write.
+// Redis now moves a write under an old generation that is newer than the rotation to the current
+// one (older ones belonged to what the rotation dropped), and B reports its writes still on their
+// way under the new keys until they land.
+TEST_F(RedisCoordinationTest, AWriteIntoANamespaceRotatedElsewhereBeforeItsWriterHeardIsNotLost) {
+  tcp_fault_proxy proxy(server_.host(), server_.port());
+  auto slow = options();
+  slow.url = proxy.url();
+  instance b = make(slow), a = make();
+  cache_namespace na = a.cache->ns("space");
+  cache_namespace nb = b.cache->ns("space");
+  ASSERT_TRUE(na.set<std::string>("k", "before", {.policy = write_policy::strict}).ok());
+  const std::string old_key = nb.key("k");
+  proxy.pause(true);  // B hears nothing and sends nothing
+  ASSERT_TRUE(na.rotate().ok());
+  ASSERT_TRUE(na.set<std::string>("k", "a-after", {.policy = write_policy::strict}).ok());
+  ASSERT_TRUE(nb.set<std::string>("k", "b-after").ok());  // queued under the old generation
+  proxy.pause(false);
+  ASSERT_TRUE(eventually([&] { return nb.key("k") != old_key; })) << "B never heard the rotation";
+  EXPECT_EQ(*nb.get<std::string>("k", [] { return std::string("fetched"); }), "b-after")
+      << "B read a value older than its own write";
+  ASSERT_TRUE(b.cache->flush());
+  instance c = make();
+  EXPECT_EQ(*c.cache->ns("space").get<std::string>("k", [] { return std::string("fetched"); }),
+            "b-after");
+}
+
+TEST_F(RedisCoordinationTest, AWriteIssuedBeforeARotationElsewhereDoesNotReachTheNewGeneration) {
+  tcp_fault_proxy proxy(server_.host(), server_.port());
+  auto slow = options();
+  slow.url = proxy.url();
+  instance b = make(slow), a = make();
+  cache_namespace na = a.cache->ns("space");
+  cache_namespace nb = b.cache->ns("space");
+  const std::string old_key = nb.key("k");
+  proxy.pause(true);
+  ASSERT_TRUE(nb.set<std::string>("k", "b-before").ok());  // before the rotation, landing after it
+  ASSERT_TRUE(na.rotate().ok());
+  proxy.pause(false);
+  ASSERT_TRUE(eventually([&] { return nb.key("k") != old_key; })) << "B never heard the rotation";
+  ASSERT_TRUE(b.cache->flush());
+  EXPECT_EQ(*na.get<std::string>("k", [] { return std::string("fetched"); }), "fetched")
+      << "a write the rotation dropped came back in the new generation";
+}
+
 TEST_F(RedisCoordinationTest, ClearReachesEveryInstanceAndKeepsNamespaceGenerations) {
   instance a = make(), b = make();
   ASSERT_TRUE(a.cache->ns("n").rotate().ok());

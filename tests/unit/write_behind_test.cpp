@@ -714,7 +714,9 @@ class fake_coordinator final : public coordinator {
   status fence_clear(std::uint64_t) override { return {}; }
   status announce_clear(std::uint64_t) override { return {}; }
   std::optional<std::uint64_t> generation(std::string_view, status&) override { return 0; }
-  std::optional<std::uint64_t> rotate(std::string_view, status&) override { return 0; }
+  std::optional<std::uint64_t> rotate(std::string_view, std::uint64_t, status&) override {
+    return 0;
+  }
 
  private:
   mutable std::mutex mu_;
@@ -919,6 +921,32 @@ TEST(WriteBehindRetryTest, AFailedFillSupersedingAFailedWriteOfOursStillFencesOl
   ASSERT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
   EXPECT_EQ(layer->value("k"), envelope_of("filled", 6));
   EXPECT_EQ(pending_of(w, "k"), write_behind::pending_kind::none) << "landed: nothing owed";
+}
+
+// A namespace moved to a new generation while a write of its old one is on its way: the write is
+// reported under the new key too (and again after a second move) until it lands, then nowhere.
+TEST(WriteBehindRetryTest, AnAliasedPendingWriteIsReportedUnderItsNewKeyUntilItLands) {
+  auto layer = std::make_shared<recording_layer>();
+  std::atomic<bool> down{true};
+  layer->set_hook(
+      [&](std::string_view) { return down.load() ? status(errc::unavailable, "down") : status(); });
+  write_behind w({layer.get()}, {.threads = 1, .retry_backoff_first = 5ms}, {}, {});
+  w.submit(vset("g1:k", "mine", 5, 1));
+  w.submit(vset("g1:other", "x", 6, 1));
+  ASSERT_TRUE(w.flush(bound));
+  w.alias_pending("g1:", "g2:");
+  std::string bytes;
+  EXPECT_EQ(pending_of(w, "g2:k", &bytes), write_behind::pending_kind::set);
+  EXPECT_EQ(bytes, envelope_of("mine", 5));
+  w.alias_pending("g2:", "g3:");
+  EXPECT_EQ(pending_of(w, "g3:k"), write_behind::pending_kind::set);
+  EXPECT_EQ(pending_of(w, "g2:other"), write_behind::pending_kind::set);
+  EXPECT_EQ(pending_of(w, "h:k"), write_behind::pending_kind::none);
+  down = false;
+  ASSERT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
+  for (const char* key : {"g1:k", "g2:k", "g3:k", "g2:other", "g3:other"}) {
+    EXPECT_EQ(pending_of(w, key), write_behind::pending_kind::none) << key << " outlived its op";
+  }
 }
 
 TEST(WriteBehindRetryTest, GivenUpWriteIsReportedInvalidatedAndOwesAConditionalDelete) {
