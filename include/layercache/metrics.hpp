@@ -51,6 +51,8 @@ struct metrics_snapshot {
   std::uint64_t negative_hits = 0;   // hits on a cached "not found"
   std::uint64_t stale_fills = 0;     // fetched values not stored because an invalidation raced them
   std::uint64_t pending_writes = 0;  // background byte-layer writes queued now
+  // Failed byte-layer writes kept for a retry now, one per key and layer (write_retry_for).
+  std::uint64_t retained_writes = 0;
   // Entries read from a byte layer that held another type or schema (a rolling deploy, codec.hpp):
   // each is also a miss of its layer. One per entry read: a get may read one twice (Redis answers
   // a cold miss's lease request with the entry, and is asked once more).

@@ -129,6 +129,7 @@ metrics_snapshot cache_stack::metrics() const {
   out.stale_fills = m.stale_fills.load(std::memory_order_relaxed);
   out.fetch_latency = m.fetch_latency.summary();
   out.pending_writes = m.writer ? m.writer->queued() : 0;
+  out.retained_writes = m.writer ? m.writer->retained() : 0;
   out.schema_misses = m.schema_misses.load(std::memory_order_relaxed);
   out.lease_grants = m.lease_grants.load(std::memory_order_relaxed);
   out.lease_waits = m.lease_waits.load(std::memory_order_relaxed);

@@ -103,7 +103,7 @@ void write_behind::register_pending(const write_op& op) {
   if (op.local_only) return;
   pending_shard& ps = pending_for(op.hash);
   std::lock_guard pending_lock(ps.mu);
-  pending_entry& e = ps.map[op.key];
+  pending_entry& e = claim(ps, op.key);
   if (e.outstanding == 0 || wins(op.version, op.seq, e.version, e.seq)) {
     e.version = op.version;
     e.seq = op.seq;
@@ -130,10 +130,22 @@ void write_behind::submit(write_op op, slot room) {
   q.cv.notify_one();
 }
 
+write_behind::pending_entry& write_behind::claim(pending_shard& ps, const std::string& key) {
+  pending_entry& e = ps.map[key];
+  // An op of our own on a key that so far only reported another key's op (an alias): the entry
+  // is the op's now, and no longer goes when that other key's op is done (it reports whichever of
+  // the two is newer until then, as for two ops of one key).
+  if (e.alias) {
+    e.alias = false;
+    e.alias_of.clear();
+  }
+  return e;
+}
+
 void write_behind::register_fence(const write_op& fill) {
   pending_shard& ps = pending_for(fill.hash);
   std::lock_guard pending_lock(ps.mu);
-  pending_entry& e = ps.map[fill.key];
+  pending_entry& e = claim(ps, fill.key);
   // The fill decides unless a newer op of ours was registered since (it reports itself).
   if (e.outstanding == 0 || !wins(e.version, e.seq, fill.version, fill.seq)) {
     e.version = fill.version;

@@ -272,6 +272,8 @@ class write_behind {
   void execute_coordinated(std::vector<key_plan*>& plans);
   void register_pending(const write_op& op);
   void drop_alias(const std::string& key);
+  // The entry of `key` for an op of its own (requires ps.mu).
+  static pending_entry& claim(pending_shard& ps, const std::string& key);
   void register_fence(const write_op& fill);
   void retire(const write_op& op);
   pending_shard& pending_for(std::uint64_t hash) const { return pending_[hash % pending_count]; }
