@@ -62,6 +62,7 @@ write_behind::write_behind(std::vector<byte_layer*> layers, options opts, error_
       on_drop_(std::move(on_drop)),
       queues_(std::make_unique<queue[]>(std::max<std::size_t>(1, opts.threads))),
       pending_(std::make_unique<pending_shard[]>(pending_count)) {
+  failing_ = std::make_unique<std::atomic<bool>[]>(layers_.size());
   opts_.threads = std::max<std::size_t>(1, opts_.threads);
   opts_.batch = std::max<std::size_t>(1, opts_.batch);
   opts_.max_pending = std::max<std::size_t>(1, opts_.max_pending);
@@ -206,12 +207,17 @@ void write_behind::run(std::stop_token stop, queue& q) {
     {
       std::unique_lock lock(q.mu);
       if (q.next_retry == std::chrono::steady_clock::time_point::max()) {
-        q.cv.wait(lock, stop, [&] { return !q.ops.empty(); });
+        q.cv.wait(lock, stop, [&] { return !q.ops.empty() || q.retry_now; });
       } else {
-        q.cv.wait_until(lock, stop, q.next_retry, [&] { return !q.ops.empty(); });
+        q.cv.wait_until(lock, stop, q.next_retry, [&] { return !q.ops.empty() || q.retry_now; });
       }
       if (stop.stop_requested()) break;
-      retries_due = std::chrono::steady_clock::now() >= q.next_retry;
+      const auto now = std::chrono::steady_clock::now();
+      if (std::exchange(q.retry_now, false)) {
+        for (auto& [key, held] : q.failed) held.due = now;  // this worker owns q.failed
+        q.next_retry = now;
+      }
+      retries_due = now >= q.next_retry;
       const std::size_t n = std::min(q.ops.size(), opts_.batch);
       batch.clear();
       for (std::size_t i = 0; i < n; ++i) {

@@ -228,6 +228,7 @@ class write_behind {
     std::uint64_t submitted = 0;  // ops ever pushed
     std::uint64_t executed = 0;   // ops ever finished
     std::size_t retained = 0;     // failed writes of this queue awaiting retry (guarded by mu)
+    bool retry_now = false;       // a failing layer recovered: retry what is held (guarded by mu)
     std::condition_variable drained;
     // Failed writes by key, owned by the queue's worker (no lock), and the earliest retry due.
     retained_map failed;
@@ -271,6 +272,8 @@ class write_behind {
   void execute_layer(std::size_t j, std::vector<key_plan*>& plans);
   void execute_coordinated(std::vector<key_plan*>& plans);
   void register_pending(const write_op& op);
+  // Wakes every queue holding failed writes to retry them at once, backoff or not.
+  void retry_all_now();
   void drop_alias(const std::string& key);
   // The entry of `key` for an op of its own (requires ps.mu).
   static pending_entry& claim(pending_shard& ps, const std::string& key);
@@ -291,6 +294,8 @@ class write_behind {
 
   static constexpr std::size_t pending_count = 16;
   std::vector<byte_layer*> layers_;
+  // Per layer: a write to it failed since one last landed (retry_all_now when one lands again).
+  std::unique_ptr<std::atomic<bool>[]> failing_;
   options opts_;
   error_sink on_error_;
   write_sink on_write_;

@@ -95,6 +95,7 @@ void write_behind::settle(queue& q, std::vector<key_plan*>& plans) {
     }
     return sp;
   };
+  bool recovered = false;  // a layer that was failing took a write again
   for (key_plan* p : plans) {
     bool failed_now = false;
     // What the failed writes of ours that newer ops supersede now still fence (see keep).
@@ -119,6 +120,11 @@ void write_behind::settle(queue& q, std::vector<key_plan*>& plans) {
       }
       if (d == nullptr) continue;
       const status& s = p->outcome[j];
+      if (s.ok()) {
+        if (failing_[j].exchange(false, std::memory_order_relaxed)) recovered = true;
+      } else if (retryable(s)) {
+        failing_[j].store(true, std::memory_order_relaxed);
+      }
       if (s.ok() || !retryable(s)) {
         // Landed; or refused for good (reported, as a retry would be refused again).
         if (!s.ok() && on_error_) on_error_(j, p->key, s);
@@ -207,6 +213,21 @@ void write_behind::settle(queue& q, std::vector<key_plan*>& plans) {
   q.next_retry = sclock::time_point::max();
   for (const auto& [key, held] : q.failed) q.next_retry = std::min(q.next_retry, held.due);
   if (delta != 0) set_retained_count(q, delta);
+  if (recovered) retry_all_now();
+}
+
+void write_behind::retry_all_now() {
+  // The backoff grew while the layer was down (up to retry_backoff_last): without this, what a
+  // queue holds would wait for it after the layer is back, and so would the staleness it causes.
+  for (std::size_t i = 0; i < opts_.threads; ++i) {
+    queue& q = queues_[i];
+    {
+      std::lock_guard lock(q.mu);
+      if (q.retained == 0) continue;
+      q.retry_now = true;
+    }
+    q.cv.notify_all();
+  }
 }
 
 void write_behind::drop_retained(queue& q) {

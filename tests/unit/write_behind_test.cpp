@@ -949,6 +949,29 @@ TEST(WriteBehindRetryTest, AnAliasedPendingWriteIsReportedUnderItsNewKeyUntilItL
   }
 }
 
+// Found by the chaos benchmark: after a Redis restart, a delete held for a retry waited out the
+// backoff it had grown while Redis was down (and the breaker's reopenings), seconds past the
+// recovery bound, while other instances served the value it deleted. A write landing on the layer
+// again now sends every held write at once. Backoff of a minute: without that, the held write
+// would not be retried within this test.
+TEST(WriteBehindRetryTest, HeldWritesAreRetriedAtOnceWhenTheirLayerTakesAWriteAgain) {
+  auto layer = std::make_shared<recording_layer>();
+  std::atomic<bool> down{true};
+  layer->set_hook(
+      [&](std::string_view) { return down.load() ? status(errc::unavailable, "down") : status(); });
+  write_behind w({layer.get()},
+                 {.threads = 2, .retry_backoff_first = 60s, .retry_backoff_last = 60s}, {}, {});
+  w.submit(vdel("held", 5, 1, /*conditional=*/false));
+  layer->put_for_test("held", envelope_of("deleted", 1));
+  ASSERT_TRUE(w.flush(bound));
+  ASSERT_EQ(w.retained(), 1u);
+  down = false;
+  for (int i = 0; i < 8; ++i) w.submit(set_op("other" + std::to_string(i), "x"));  // both queues
+  EXPECT_TRUE(w.flush(bound, write_behind::flush_scope::settled))
+      << "the held delete waited for its backoff after the layer recovered";
+  EXPECT_EQ(layer->value("held"), std::nullopt);
+}
+
 TEST(WriteBehindRetryTest, GivenUpWriteIsReportedInvalidatedAndOwesAConditionalDelete) {
   // Sets keep failing past retry_for; deletes go through: the owed delete of the lost write's
   // version removes the older value the layer still holds.
