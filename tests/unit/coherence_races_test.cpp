@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -153,66 +154,52 @@ TEST(ReadYourWritesTest, ADeleteWaitingForARetryStillHidesItsValueAfterAFillSupe
   l2->heal();
 }
 
-// Found by the stress: invalidate_prefix is paused in its scan of the lower layer (the upper one
-// already swept). A get that begins then reads the lower layer's old copy; it joined after the
+// Found by the stress: a sweep (invalidate_prefix, clear) is paused at the lower layer, the upper
+// one already swept. A get that begins then reads the lower layer's old copy; it joined after the
 // sweep's first mark and published before its second, so its backfill into the upper layer
-// landed after that layer was swept, and the invalidated value came back from it once
-// invalidate_prefix had returned. A fetch begun during a sweep now stores nothing.
-TEST(SweepTest, AGetBegunDuringAPrefixInvalidationDoesNotBringTheOldValueBack) {
+// landed after that layer was swept, and the value came back from it once the sweep had
+// returned. A fetch begun during a sweep now stores nothing. Returns what a get reads after the
+// sweep ("fresh" when nothing came back); `pause_at` names the lower layer's operation the sweep
+// is held in.
+std::string read_after_a_sweep(std::string_view pause_at,
+                               const std::function<status(cache_stack&)>& sweep) {
   auto l2 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.name = "l2"}));
   auto l3 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.name = "l3"}));
   {
     cache_stack writer({l3});
-    ASSERT_TRUE(writer.set<std::string>("a1", "old").ok());
-    ASSERT_TRUE(writer.flush());
+    EXPECT_TRUE(writer.set<std::string>("a1", "old").ok());
+    EXPECT_TRUE(writer.flush());
   }
-  gate scanning, release;
+  gate paused, release;
   std::atomic<bool> armed{false};
   l3->set_hook([&](unsigned, std::string_view op) {
-    if (op == "scan" && armed.exchange(false)) {
-      scanning.open();
+    if (op == pause_at && armed.exchange(false)) {
+      paused.open();
       release.wait();
     }
   });
   cache_stack cache({memory_layer::create({}), l2, l3});
   armed = true;
-  std::jthread sweeper([&] { EXPECT_TRUE(cache.invalidate_prefix("a").ok()); });
-  ASSERT_TRUE(scanning.wait());
+  std::jthread sweeper([&] { EXPECT_TRUE(sweep(cache).ok()); });
+  if (!paused.wait()) {
+    release.open();
+    return "the sweep never reached the lower layer";
+  }
   // l2 has been swept, l3 not yet: this get reads l3's old copy (it may: it is concurrent).
   (void)cache.get<std::string>("a1", [] { return std::string("fetched"); });
   EXPECT_TRUE(cache.flush());  // a backfill into l2, if it queued one, has landed
   release.open();
   sweeper.join();
-  EXPECT_EQ(*cache.get<std::string>("a1", [] { return std::string("fresh"); }), "fresh")
-      << "the invalidated value came back";
+  return *cache.get<std::string>("a1", [] { return std::string("fresh"); });
+}
+
+TEST(SweepTest, AGetBegunDuringAPrefixInvalidationDoesNotBringTheOldValueBack) {
+  EXPECT_EQ(read_after_a_sweep("scan", [](cache_stack& c) { return c.invalidate_prefix("a"); }),
+            "fresh");
 }
 
 TEST(SweepTest, ClearDoesNotLetAGetBegunDuringItBringTheOldValueBack) {
-  auto l2 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.name = "l2"}));
-  auto l3 = std::make_shared<faulty_byte_layer>(test_byte_layer::create({.name = "l3"}));
-  {
-    cache_stack writer({l3});
-    ASSERT_TRUE(writer.set<std::string>("a1", "old").ok());
-    ASSERT_TRUE(writer.flush());
-  }
-  gate clearing, release;
-  std::atomic<bool> armed{false};
-  l3->set_hook([&](unsigned, std::string_view op) {
-    if (op == "clear" && armed.exchange(false)) {
-      clearing.open();
-      release.wait();
-    }
-  });
-  cache_stack cache({memory_layer::create({}), l2, l3});
-  armed = true;
-  std::jthread sweeper([&] { EXPECT_TRUE(cache.clear().ok()); });
-  ASSERT_TRUE(clearing.wait());
-  (void)cache.get<std::string>("a1", [] { return std::string("fetched"); });
-  EXPECT_TRUE(cache.flush());
-  release.open();
-  sweeper.join();
-  EXPECT_EQ(*cache.get<std::string>("a1", [] { return std::string("fresh"); }), "fresh")
-      << "the cleared value came back";
+  EXPECT_EQ(read_after_a_sweep("clear", [](cache_stack& c) { return c.clear(); }), "fresh");
 }
 
 TEST(SweepTest, CallersOfOneKeyDuringASweepStillShareOneFetch) {
