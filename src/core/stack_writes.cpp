@@ -200,24 +200,29 @@ void cache_stack::impl::store(flight* f, std::string_view key, std::uint64_t has
     room = room_in(*writer);
   }
   const unix_ms l1_until = l1_expiry(fresh_until, now);
+  bool queued = false;
   auto publish = [&] {
     if (l1 != nullptr) {
       l1->insert(key, hash, value, &ops, negative, l1_until, value ? ops.weigh(value.get()) : 0);
     }
-    if (op) writer->submit(std::move(*op), std::move(room));
+    if (op) {
+      writer->submit(std::move(*op), std::move(room));
+      queued = true;
+    }
   };
+  bool stored = true;
   if (f == nullptr) {
     publish();
+  } else {
+    stored = flights.publish(*f, publish);
+  }
+  // A lease not handed to a queued fill (whose write script releases it) goes back now.
+  if (!queued && !fill.lease.empty() && coord != nullptr) coord->release(key, fill.lease);
+  if (stored) {
     if (l1 != nullptr) index_tags(key, fill.tags);
     return;
   }
-  if (flights.publish(*f, publish)) {
-    if (l1 != nullptr) index_tags(key, fill.tags);
-    return;
-  }
-  // Stale: nothing was stored or queued. The lease goes back (a queued fill would have carried it
-  // to the write script, which releases it).
-  if (!fill.lease.empty() && coord != nullptr) coord->release(key, fill.lease);
+  // Stale: nothing was stored or queued.
   stale_fills.fetch_add(1, std::memory_order_relaxed);
   emit(event_type::stale_fill, "", key,
        status(errc::ok, "fetched value not stored: invalidated during the fetch"));
