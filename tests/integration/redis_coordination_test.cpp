@@ -511,45 +511,52 @@ TEST_F(RedisCoordinationTest, NamespaceRotationInvalidatesEveryInstanceWithoutSc
 // heard, its threads read the new generation, which held A's value, older than B's own write.
 // Redis now moves a write under an old generation that is newer than the rotation to the current
 // one (older ones belonged to what the rotation dropped), and B reports its writes still on their
-// way under the new keys until they land.
-TEST_F(RedisCoordinationTest, AWriteIntoANamespaceRotatedElsewhereBeforeItsWriterHeardIsNotLost) {
-  tcp_fault_proxy proxy(server_.host(), server_.port());
-  auto slow = options();
-  slow.url = proxy.url();
-  instance b = make(slow), a = make();
-  cache_namespace na = a.cache->ns("space");
-  cache_namespace nb = b.cache->ns("space");
-  ASSERT_TRUE(na.set<std::string>("k", "before", {.policy = write_policy::strict}).ok());
-  const std::string old_key = nb.key("k");
-  proxy.pause(true);  // B hears nothing and sends nothing
-  ASSERT_TRUE(na.rotate().ok());
-  ASSERT_TRUE(na.set<std::string>("k", "a-after", {.policy = write_policy::strict}).ok());
-  ASSERT_TRUE(nb.set<std::string>("k", "b-after").ok());  // queued under the old generation
-  proxy.pause(false);
-  ASSERT_TRUE(eventually([&] { return nb.key("k") != old_key; })) << "B never heard the rotation";
-  EXPECT_EQ(*nb.get<std::string>("k", [] { return std::string("fetched"); }), "b-after")
+// way under the new keys until they land. B reaches Redis through a proxy the tests pause.
+class RotationElsewhereTest : public RedisCoordinationTest {
+ protected:
+  redis_layer_options via_proxy() {
+    auto o = options();
+    o.url = proxy_.url();
+    return o;
+  }
+  // Whether B has moved on from the generation its key for "k" had when `old` was taken.
+  bool b_heard_the_rotation(const std::string& old) {
+    return eventually([&] { return nb_.key("k") != old; });
+  }
+
+  tcp_fault_proxy proxy_{server_.host(), server_.port()};
+  instance b_ = make(via_proxy());
+  instance a_ = make();
+  cache_namespace na_ = a_.cache->ns("space");
+  cache_namespace nb_ = b_.cache->ns("space");
+};
+
+TEST_F(RotationElsewhereTest, AWriteIntoANamespaceRotatedBeforeItsWriterHeardIsNotLost) {
+  ASSERT_TRUE(na_.set<std::string>("k", "before", {.policy = write_policy::strict}).ok());
+  const std::string old_key = nb_.key("k");
+  proxy_.pause(true);  // B hears nothing and sends nothing
+  ASSERT_TRUE(na_.rotate().ok());
+  ASSERT_TRUE(na_.set<std::string>("k", "a-after", {.policy = write_policy::strict}).ok());
+  ASSERT_TRUE(nb_.set<std::string>("k", "b-after").ok());  // queued under the old generation
+  proxy_.pause(false);
+  ASSERT_TRUE(b_heard_the_rotation(old_key)) << "B never heard the rotation";
+  EXPECT_EQ(*nb_.get<std::string>("k", [] { return std::string("fetched"); }), "b-after")
       << "B read a value older than its own write";
-  ASSERT_TRUE(b.cache->flush());
+  ASSERT_TRUE(b_.cache->flush());
   instance c = make();
   EXPECT_EQ(*c.cache->ns("space").get<std::string>("k", [] { return std::string("fetched"); }),
             "b-after");
 }
 
-TEST_F(RedisCoordinationTest, AWriteIssuedBeforeARotationElsewhereDoesNotReachTheNewGeneration) {
-  tcp_fault_proxy proxy(server_.host(), server_.port());
-  auto slow = options();
-  slow.url = proxy.url();
-  instance b = make(slow), a = make();
-  cache_namespace na = a.cache->ns("space");
-  cache_namespace nb = b.cache->ns("space");
-  const std::string old_key = nb.key("k");
-  proxy.pause(true);
-  ASSERT_TRUE(nb.set<std::string>("k", "b-before").ok());  // before the rotation, landing after it
-  ASSERT_TRUE(na.rotate().ok());
-  proxy.pause(false);
-  ASSERT_TRUE(eventually([&] { return nb.key("k") != old_key; })) << "B never heard the rotation";
-  ASSERT_TRUE(b.cache->flush());
-  EXPECT_EQ(*na.get<std::string>("k", [] { return std::string("fetched"); }), "fetched")
+TEST_F(RotationElsewhereTest, AWriteIssuedBeforeTheRotationDoesNotReachTheNewGeneration) {
+  const std::string old_key = nb_.key("k");
+  proxy_.pause(true);
+  ASSERT_TRUE(nb_.set<std::string>("k", "b-before").ok());  // before the rotation, landing after it
+  ASSERT_TRUE(na_.rotate().ok());
+  proxy_.pause(false);
+  ASSERT_TRUE(b_heard_the_rotation(old_key)) << "B never heard the rotation";
+  ASSERT_TRUE(b_.cache->flush());
+  EXPECT_EQ(*na_.get<std::string>("k", [] { return std::string("fetched"); }), "fetched")
       << "a write the rotation dropped came back in the new generation";
 }
 
