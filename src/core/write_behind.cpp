@@ -105,12 +105,16 @@ void write_behind::register_pending(const write_op& op) {
   pending_shard& ps = pending_for(op.hash);
   std::lock_guard pending_lock(ps.mu);
   pending_entry& e = claim(ps, op.key);
+  const bool conditional = op.type == write_op::kind::del && op.conditional && op.version != 0;
   if (e.outstanding == 0 || wins(op.version, op.seq, e.version, e.seq)) {
     e.version = op.version;
     e.seq = op.seq;
-    e.kind = op.type == write_op::kind::set ? pending_kind::set : pending_kind::del;
+    e.kind = op.type == write_op::kind::set ? pending_kind::set
+             : conditional                  ? pending_kind::fence
+                                            : pending_kind::del;
     e.bytes = op.bytes.empty() ? nullptr : op.bytes.front();
   }
+  if (conditional) e.fence = std::max(e.fence, op.version);
   ++e.outstanding;
 }
 

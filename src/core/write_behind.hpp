@@ -171,9 +171,11 @@ class write_behind {
   // reserve() then submit().
   void submit(write_op op) { submit(std::move(op), reserve()); }
 
-  // fence: no write of ours decides the key, but one did until a fill of the key superseded it
-  // and failed too; until the fill lands, a layer may still hold what that write replaced, so a
-  // copy not newer than *fence must not be served.
+  // fence: a copy not newer than *fence must not be served, and a newer one may. Either a
+  // conditional delete decides the key (it will remove only what is not newer than it: reporting
+  // it as a del would hide a newer value the layers keep, which readers would see again once the
+  // delete ran), or no write of ours decides it but one did until a fill of the key superseded it
+  // and failed too (until the fill lands, a layer may still hold what that write replaced).
   enum class pending_kind : unsigned char { none, set, del, fence };
   // The op deciding `key` among those not yet executed or still retried (highest version, then
   // the latest). For a set, *bytes receives layer 0's envelope; *fence (if given) the version a

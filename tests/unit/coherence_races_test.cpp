@@ -353,5 +353,47 @@ TEST(TagInvalidationTest, ATaggedEntryOnlyAByteLayerHoldsIsInvalidatedWithoutRed
   EXPECT_NE(restarted.get_if_present<std::string>("other"), nullptr) << "another tag's entry";
 }
 
+// A set that lands while a tag invalidation without Redis is between its scan and its delete of
+// the key: the delete carries a version older than the set's, so the byte layer keeps the set's
+// value. The delete used to report the key as deleted to readers until it ran (and L1 lost its
+// copy), after which the set's value was read again: gone, then back. A delete conditional on the
+// stored version now hides only copies not newer than it, as the layer will.
+TEST(TagInvalidationTest, ASetLandingDuringAnInvalidationIsNotHiddenAndThenReadAgain) {
+  auto inner = test_byte_layer::create({});
+  auto bytes = std::make_shared<faulty_byte_layer>(inner);
+  op_pause worker_read("get");  // the read a conditional delete makes before removing
+  bytes->set_hook([&](unsigned, std::string_view op) { worker_read.maybe_pause(op); });
+  cache_stack* cache = nullptr;
+  std::atomic<bool> armed{false};
+  auto l1 = memory_layer::create({
+      .on_remove =
+          [&](std::string_view key, removal_cause cause) {
+            // Between the invalidation's deletes of k0 and k1 (its keys are sorted).
+            if (key != "k0" || cause != removal_cause::invalidated || !armed.exchange(false))
+              return;
+            ASSERT_TRUE(cache->set<std::string>("k1", "new", {.tags = {"t"}}).ok());
+            ASSERT_TRUE(cache->flush());
+            worker_read.armed = true;
+          },
+  });
+  cache_stack stack({l1, bytes});
+  cache = &stack;
+  ASSERT_TRUE(stack.set<std::string>("k0", "old", {.tags = {"t"}}).ok());
+  ASSERT_TRUE(stack.set<std::string>("k1", "old", {.tags = {"t"}}).ok());
+  ASSERT_TRUE(stack.flush());
+  armed = true;
+  ASSERT_TRUE(stack.invalidate_tag("t").ok());
+  ASSERT_FALSE(armed.load()) << "the seam did not run";
+  ASSERT_TRUE(worker_read.entered.wait());  // k1's delete is queued, not yet run
+  auto text = [](const std::shared_ptr<const std::string>& v) { return v ? *v : "<none>"; };
+  const std::string during = text(stack.get_if_present<std::string>("k1"));
+  worker_read.release.open();
+  ASSERT_TRUE(stack.flush());
+  const std::string after = text(stack.get_if_present<std::string>("k1"));
+  EXPECT_TRUE(during == after || after == "<none>")
+      << "read " << during << " while the delete was queued, then " << after;
+  EXPECT_EQ(stack.get_if_present<std::string>("k0"), nullptr);
+}
+
 }  // namespace
 }  // namespace layercache::test
