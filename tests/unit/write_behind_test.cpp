@@ -949,6 +949,42 @@ TEST(WriteBehindRetryTest, AnAliasedPendingWriteIsReportedUnderItsNewKeyUntilItL
   }
 }
 
+// An op of our own on a key that so far only reported another key's op (an alias) makes the entry
+// its own: it used to stay an alias and go when the other key's op landed, while our op was still
+// on its way (read-your-writes lost for it). Two queues, so the aliased write lands while our
+// delete is held in the layer.
+TEST(WriteBehindRetryTest, AnOpOfOursOnAnAliasedKeyIsReportedAfterTheAliasedWriteLands) {
+  std::string suffix;
+  for (int i = 0; suffix.empty(); ++i) {
+    const std::string s = "k" + std::to_string(i);
+    if (hash_key("g1:" + s) % 2 != hash_key("g2:" + s) % 2) suffix = s;
+  }
+  const std::string old_key = "g1:" + suffix, new_key = "g2:" + suffix;
+  auto layer = std::make_shared<recording_layer>();
+  std::atomic<bool> down{true};
+  gate held;
+  layer->set_hook([&](std::string_view op) {
+    if (op == "del") held.pass();
+    return down.load() ? status(errc::unavailable, "down") : status();
+  });
+  write_behind w({layer.get()}, {.threads = 2, .retry_backoff_first = 5ms}, {}, {});
+  w.submit(vset(old_key, "mine", 5, 1));
+  ASSERT_TRUE(w.flush(bound));  // failed: held for a retry
+  w.alias_pending("g1:", "g2:");
+  held.close();
+  w.submit(vdel(new_key, 7, 1, /*conditional=*/false));
+  ASSERT_TRUE(held.wait_for_waiters(1));
+  down = false;  // the aliased write lands; our delete is still held
+  ASSERT_TRUE(eventually([&] { return layer->value(old_key) == envelope_of("mine", 5); }));
+  ASSERT_TRUE(
+      eventually([&] { return pending_of(w, old_key) == write_behind::pending_kind::none; }));
+  EXPECT_EQ(pending_of(w, new_key), write_behind::pending_kind::del)
+      << "our delete, still on its way, went with the alias";
+  held.open();
+  ASSERT_TRUE(w.flush(bound, write_behind::flush_scope::settled));
+  EXPECT_EQ(pending_of(w, new_key), write_behind::pending_kind::none);
+}
+
 // Found by the chaos benchmark: after a Redis restart, a delete held for a retry waited out the
 // backoff it had grown while Redis was down (and the breaker's reopenings), seconds past the
 // recovery bound, while other instances served the value it deleted. A write landing on the layer
