@@ -14,9 +14,11 @@
 // policy is a seam (src/memory/eviction_policy.hpp): `eviction::lru` is provided for comparison,
 // and `eviction::w_tinylfu` puts a small LRU window in front of the segmented main space and admits
 // a window graduate into main only if a frequency sketch says it is used more often than main's
-// victim (the window's size adapts to the workload). Bounds (`max_entries`, `max_bytes`)
-// are divided evenly across shards, so an individual shard may evict while others have room; with
-// the default shard count that error is below 1/shards.
+// victim (the window's size adapts to the workload). `max_entries` is one budget
+// for the whole layer: a shard may hold up to twice its even share while the layer is under the
+// bound, so sharding does not lose capacity to uneven hashing. `max_bytes` is divided evenly across
+// shards, so an individual shard may evict while others have room; with the default shard count
+// that error is below 1/shards.
 //
 // Removal causes are reported to `on_remove` after the shard lock is released, on the thread that
 // caused the removal.

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "layercache/cache_stack.hpp"
+#include "layercache/detail/hash.hpp"
 #include "support/fake_clock.hpp"
 
 namespace {
@@ -246,6 +247,50 @@ TEST_P(MemoryLayerPolicyTest, MaxEntriesIsAGlobalBoundWhenNotDivisibleByShards) 
   EXPECT_LE(l1->size(), 1000u);
   EXPECT_GE(l1->size(), 900u) << "bound held by evicting far too much";
   EXPECT_EQ(l1->metrics().evictions, 5000u - l1->size());
+}
+
+TEST_P(MemoryLayerPolicyTest, KeysHashedUnevenlyAcrossShardsStillFillTheWholeCapacity) {
+  // 1,011 keys in 1,024 entries over 16 shards: about a third of the shards draw more than their
+  // 64, which a rigid split would evict (issue #11's loop@1024 case).
+  auto l1 = memory_layer::create({.max_entries = 1024, .shards = 16, .policy = GetParam()});
+  cache_stack cache({l1});
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 1011; ++i) {
+      (void)cache.get<int>("loop" + std::to_string(i), [i] { return i; });
+    }
+  }
+  const auto m = l1->metrics();
+  EXPECT_EQ(m.evictions, 0u);
+  EXPECT_EQ(m.entries, 1011u);
+  EXPECT_EQ(l1->size(), 1011u);
+  EXPECT_EQ(m.hits, 2u * 1011u);
+}
+
+TEST_P(MemoryLayerPolicyTest, AShardWithinItsShareTakesRoomFromAShardOverIt) {
+  // Two shards of 32: shard 0 borrowed 16 entries while the layer had room; when the layer is full
+  // a new entry of shard 1 evicts one of shard 0's, not one of its own.
+  removal_log removed;
+  auto l1 = memory_layer::create(
+      {.max_entries = 64, .shards = 2, .policy = GetParam(), .on_remove = removed.callback()});
+  cache_stack cache({l1});
+  std::vector<std::string> keys[2];
+  for (int i = 0; keys[0].size() < 48 || keys[1].size() < 17; ++i) {
+    std::string key = "k" + std::to_string(i);
+    keys[detail::hash_key(key) >> 63].push_back(std::move(key));
+  }
+  for (std::size_t i = 0; i < 48; ++i) ASSERT_TRUE(cache.set<int>(keys[0][i], 0).ok());
+  for (std::size_t i = 0; i < 16; ++i) ASSERT_TRUE(cache.set<int>(keys[1][i], 1).ok());
+  ASSERT_EQ(l1->size(), 64u);
+  ASSERT_TRUE(removed.take().empty());
+  ASSERT_TRUE(cache.set<int>(keys[1][16], 1).ok());
+  EXPECT_EQ(l1->size(), 64u);
+  auto log = removed.take();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(log[0].cause, removal_cause::evicted);
+  EXPECT_EQ(detail::hash_key(log[0].key) >> 63, 0u) << log[0].key << " came from shard 1";
+  for (std::size_t i = 0; i < 17; ++i) {
+    EXPECT_NE(cache.get_if_present<int>(keys[1][i]), nullptr) << keys[1][i];
+  }
 }
 
 TEST_P(MemoryLayerPolicyTest, MaxEntriesBelowShardCountIsStillABound) {
