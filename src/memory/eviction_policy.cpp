@@ -116,12 +116,12 @@ class alignas(64) slru_policy final : public eviction_policy {
 }  // namespace
 
 std::unique_ptr<eviction_policy> make_policy(eviction kind, std::size_t capacity,
-                                             double protected_ratio) {
+                                             double protected_ratio, window_climber* climber) {
   switch (kind) {
     case eviction::lru:
       return std::make_unique<lru_policy>(capacity);
     case eviction::w_tinylfu:
-      return std::make_unique<w_tinylfu_policy>(capacity);
+      return std::make_unique<w_tinylfu_policy>(capacity, climber);
     case eviction::segmented_lru:
       break;
   }

@@ -30,8 +30,13 @@ class eviction_policy {
   virtual entry_node* victim() noexcept = 0;
 };
 
-// capacity: the shard's entry bound, used to size the protected segment.
+class window_climber;
+
+// capacity: the shard's entry bound, used to size the segments. climber: the layer's W-TinyLFU
+// window climber (w_tinylfu only; null gives the policy one of its own); it must outlive the
+// policy.
 std::unique_ptr<eviction_policy> make_policy(eviction kind, std::size_t capacity,
-                                             double protected_ratio);
+                                             double protected_ratio,
+                                             window_climber* climber = nullptr);
 
 }  // namespace layercache::detail

@@ -38,6 +38,7 @@
 #include "memory/entry_node.hpp"
 #include "memory/eviction_policy.hpp"
 #include "memory/removal_deferral.hpp"
+#include "memory/window_climber.hpp"
 
 namespace layercache {
 
@@ -225,6 +226,8 @@ struct memory_layer::impl {
   layer_info info;
   std::shared_ptr<const ::layercache::clock> clock;
   entry_budget budget;
+  // W-TinyLFU's window climber, one for all shards (declared before them: they point to it).
+  std::unique_ptr<detail::window_climber> climber;
   std::unique_ptr<shard[]> shards;
   std::size_t shard_count = 0;
   int shard_shift = 0;
@@ -287,6 +290,9 @@ memory_layer::memory_layer(memory_layer_options options) : impl_(std::make_uniqu
   const std::size_t per_bytes = m.options.max_bytes / n;
   const std::size_t extra_bytes = m.options.max_bytes % n;
   m.budget.max = m.options.max_entries;
+  if (m.options.policy == eviction::w_tinylfu) {
+    m.climber = std::make_unique<detail::window_climber>(m.options.max_entries);
+  }
   for (std::size_t i = 0; i < n; ++i) {
     shard& s = m.shards[i];
     s.budget = &m.budget;
@@ -296,7 +302,8 @@ memory_layer::memory_layer(memory_layer_options options) : impl_(std::make_uniqu
                       ? 0
                       : std::max<std::size_t>(1, per_bytes + (i < extra_bytes ? 1 : 0));
     s.buckets.assign(16, nullptr);
-    s.policy = detail::make_policy(m.options.policy, s.quota, m.options.protected_ratio);
+    s.policy =
+        detail::make_policy(m.options.policy, s.quota, m.options.protected_ratio, m.climber.get());
   }
 }
 

@@ -1,6 +1,7 @@
 #include "memory/w_tinylfu_policy.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -11,31 +12,39 @@ constexpr std::uint8_t window_segment = 0;
 constexpr std::uint8_t probation_segment = 1;
 constexpr std::uint8_t protected_segment = 2;
 
-// Caffeine's defaults (BoundedLocalCache), which its authors chose on a wide set of traces; they
-// are not fitted to ours.
-constexpr double initial_main_share = 0.99;
 constexpr double protected_share = 0.8;
-constexpr double step_share = 0.0625;
-constexpr double restart_threshold = 0.05;
-constexpr double step_decay = 0.98;
 constexpr unsigned hash_flood_threshold = 6;
+constexpr std::uint32_t batch_size = 64;
+
+// Distinct, reproducible seeds for the policies of a process (so replays give the same figures
+// run after run); the admission coin only has to be unpredictable to a key's hash, not secret.
+std::uint64_t next_seed() noexcept {
+  static std::atomic<std::uint64_t> instances{0};
+  std::uint64_t z = instances.fetch_add(1, std::memory_order_relaxed) + 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  z ^= z >> 31;
+  return z != 0 ? z : 1;
+}
 
 }  // namespace
 
-w_tinylfu_policy::w_tinylfu_policy(std::size_t capacity)
+w_tinylfu_policy::w_tinylfu_policy(std::size_t capacity, window_climber* climber)
     : capacity_(std::max<std::size_t>(capacity, 1)),
       window_max_(1),
       protected_max_(0),
       sketch_(capacity_),
-      // Any non-zero seed works; the address differs per shard so shards do not draw in lockstep.
-      random_(0x9e3779b97f4a7c15ULL ^ reinterpret_cast<std::uintptr_t>(this)),
-      step_(-step_share * static_cast<double>(capacity_)) {
-  const auto main = static_cast<std::size_t>(initial_main_share * static_cast<double>(capacity_));
-  set_window(capacity_ - main);
+      random_(next_seed()),
+      own_climber_(climber == nullptr ? std::make_unique<window_climber>(capacity_) : nullptr),
+      climber_(climber == nullptr ? own_climber_.get() : climber) {
+  apply_window_share();
 }
 
-void w_tinylfu_policy::set_window(std::size_t window_max) noexcept {
-  window_max_ = std::clamp<std::size_t>(window_max, 1, std::max<std::size_t>(capacity_ - 1, 1));
+void w_tinylfu_policy::apply_window_share() noexcept {
+  // The tolerance keeps a share that is a whole number of entries (1 % of 100) from rounding up.
+  const double wanted = std::ceil(climber_->window_share() * static_cast<double>(capacity_) - 1e-9);
+  window_max_ = std::clamp<std::size_t>(static_cast<std::size_t>(wanted), 1,
+                                        std::max<std::size_t>(capacity_ - 1, 1));
   protected_max_ = static_cast<std::size_t>(
       protected_share * static_cast<double>(capacity_ - std::min(capacity_, window_max_)));
 }
@@ -43,6 +52,7 @@ void w_tinylfu_policy::set_window(std::size_t window_max) noexcept {
 void w_tinylfu_policy::on_insert(entry_node* n) noexcept {
   sketch_.increment(n->hash);
   record_request(false);
+  apply_window_share();
   n->segment = window_segment;
   n->referenced = false;
   window_.push_front(n);
@@ -141,29 +151,12 @@ entry_node* w_tinylfu_policy::protected_unreferenced_tail() noexcept {
 
 void w_tinylfu_policy::record_request(bool hit) noexcept {
   if (!sampling_) return;
-  ++sample_requests_;
-  sample_hits_ += hit ? 1 : 0;
-  if (sample_requests_ >= sketch_.sample_size()) climb();
-}
-
-void w_tinylfu_policy::climb() noexcept {
-  const double hit_ratio =
-      static_cast<double>(sample_hits_) / static_cast<double>(sample_requests_);
-  const double change = hit_ratio - previous_hit_ratio_;
-  // Keep going while the hit ratio does not fall; turn round when it does.
-  const double amount = change >= 0 ? step_ : -step_;
-  step_ = std::abs(change) >= restart_threshold
-              ? step_share * static_cast<double>(capacity_) * (amount >= 0 ? 1.0 : -1.0)
-              : step_decay * amount;
-  previous_hit_ratio_ = hit_ratio;
-  sample_requests_ = 0;
-  sample_hits_ = 0;
-  const auto delta = static_cast<std::int64_t>(amount);  // truncated: a decayed step stops
-  if (delta == 0) return;
-  const auto current = static_cast<std::int64_t>(window_max_);
-  set_window(static_cast<std::size_t>(std::max<std::int64_t>(current + delta, 1)));
-  // A smaller window graduates its overflow on the next insert; a larger one fills from new
-  // entries while main gives up victims. Neither needs to move nodes here, on the hit path.
+  ++batch_requests_;
+  batch_hits_ += hit ? 1 : 0;
+  if (batch_requests_ < batch_size) return;
+  climber_->record(batch_requests_, batch_hits_);
+  batch_requests_ = 0;
+  batch_hits_ = 0;
 }
 
 }  // namespace layercache::detail

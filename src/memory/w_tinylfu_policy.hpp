@@ -12,14 +12,12 @@
 // wins a tie-or-loss once in 128 (Caffeine's defence against an attacker who keeps the victim's
 // counters high by hash collisions, and a way out of a stale main set).
 //
-// Window size: a frequency-biased workload wants a tiny window; a recency-biased one (keys used in
-// short bursts and then never) wants a large one. Every sample period (10 × capacity requests,
-// counted once the shard is half full) the policy compares the period's hit ratio with the previous
-// one and moves the window size one step in the direction that improved it, or back if it got
-// worse; the step is 6.25 % of capacity after a large change in hit ratio (≥ 5 points) and decays
-// by 2 % per period otherwise, so the size settles (Caffeine ≥ 2.7's climber). The window starts at
-// 1 % of capacity and stays in [1, capacity − 1] (one entry at least, so the newest write is never
-// its own victim). Protected is 80 % of main.
+// Window size: set by a window_climber (window_climber.hpp), shared by all shards of a layer, from
+// the hit ratio of the layer's traffic; each shard applies the climber's share of capacity to its
+// own capacity when it inserts, staying in [1, capacity − 1] entries (one at least, so the newest
+// write is never its own victim). Protected is 80 % of main. A shard reports its requests to the
+// climber in batches of 64 once it has been full, so the hit path writes shared state once per 64
+// requests at most.
 //
 // Inside protected, recency is kept CLOCK-style as in the segmented-LRU policy (a hit sets the
 // referenced bit; no list moves on the hit path). A hit in the window moves the node to the
@@ -31,24 +29,28 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "memory/eviction_policy.hpp"
 #include "memory/frequency_sketch.hpp"
 #include "memory/node_list.hpp"
+#include "memory/window_climber.hpp"
 
 namespace layercache::detail {
 
 class alignas(64) w_tinylfu_policy final : public eviction_policy {
  public:
   // capacity: the shard's entry bound (sizes the window, protected segment and sketch).
-  explicit w_tinylfu_policy(std::size_t capacity);
+  // climber: the layer's window climber, which must outlive the policy; null means a climber of
+  // the policy's own (a layer of one shard, or a test).
+  explicit w_tinylfu_policy(std::size_t capacity, window_climber* climber = nullptr);
 
   void on_insert(entry_node* n) noexcept override;
   void on_access(entry_node* n) noexcept override;
   void on_remove(entry_node* n) noexcept override;
   entry_node* victim() noexcept override;
 
-  // The window's current share of capacity, in entries (for tests and diagnostics).
+  // The window's current bound, in entries (for tests and diagnostics).
   std::size_t window_capacity() const noexcept { return window_max_; }
   const frequency_sketch& sketch() const noexcept { return sketch_; }
 
@@ -58,11 +60,7 @@ class alignas(64) w_tinylfu_policy final : public eviction_policy {
   entry_node* protected_unreferenced_tail() noexcept;
   void promote(entry_node* n) noexcept;
   void record_request(bool hit) noexcept;
-  void climb() noexcept;
-  void set_window(std::size_t window_max) noexcept;
-  std::size_t resident() const noexcept {
-    return window_.size() + probation_.size() + protected_.size();
-  }
+  void apply_window_share() noexcept;
 
   std::size_t capacity_;
   std::size_t window_max_;
@@ -73,12 +71,11 @@ class alignas(64) w_tinylfu_policy final : public eviction_policy {
   entry_node* candidate_ = nullptr;  // the window graduate not yet judged against a main victim
   frequency_sketch sketch_;
   std::uint64_t random_;  // xorshift state for the 1-in-128 admission
-  // Hill climber.
+  std::unique_ptr<window_climber> own_climber_;
+  window_climber* climber_;
   bool sampling_ = false;  // set once the shard first needed a victim (it is full)
-  std::size_t sample_requests_ = 0;
-  std::size_t sample_hits_ = 0;
-  double previous_hit_ratio_ = 0.0;
-  double step_;
+  std::uint32_t batch_requests_ = 0;
+  std::uint32_t batch_hits_ = 0;
 };
 
 }  // namespace layercache::detail
