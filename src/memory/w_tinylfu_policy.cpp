@@ -16,6 +16,11 @@ constexpr double protected_share = 0.8;
 constexpr unsigned hash_flood_threshold = 6;
 constexpr std::uint32_t batch_size = 64;
 
+// A segment one climber step larger holds this many more of a shard's entries.
+std::size_t ghost_span(std::size_t capacity) {
+  return static_cast<std::size_t>(window_climber::step_share * static_cast<double>(capacity)) + 1;
+}
+
 // Distinct, reproducible seeds for the policies of a process (so replays give the same figures
 // run after run); the admission coin only has to be unpredictable to a key's hash, not secret.
 std::uint64_t next_seed() noexcept {
@@ -36,7 +41,9 @@ w_tinylfu_policy::w_tinylfu_policy(std::size_t capacity, window_climber* climber
       sketch_(capacity_),
       random_(next_seed()),
       own_climber_(climber == nullptr ? std::make_unique<window_climber>(capacity_) : nullptr),
-      climber_(climber == nullptr ? own_climber_.get() : climber) {
+      climber_(climber == nullptr ? own_climber_.get() : climber),
+      window_ghosts_(ghost_span(capacity_)),
+      main_ghosts_(ghost_span(capacity_)) {
   apply_window_share();
 }
 
@@ -50,8 +57,14 @@ void w_tinylfu_policy::apply_window_share() noexcept {
 }
 
 void w_tinylfu_policy::on_insert(entry_node* n) noexcept {
+  // A miss (or a write) on a key evicted within one step of the window's or main's boundary.
+  if (window_ghosts_.take(n->hash)) {
+    ++batch_window_ghost_hits_;
+  } else if (main_ghosts_.take(n->hash)) {
+    ++batch_main_ghost_hits_;
+  }
   sketch_.increment(n->hash);
-  record_request(false);
+  record_request();
   apply_window_share();
   n->segment = window_segment;
   n->referenced = false;
@@ -69,7 +82,7 @@ void w_tinylfu_policy::on_insert(entry_node* n) noexcept {
 
 void w_tinylfu_policy::on_access(entry_node* n) noexcept {
   sketch_.increment(n->hash);
-  record_request(true);
+  record_request();
   switch (n->segment) {
     case window_segment:
       window_.move_to_front(n);
@@ -113,11 +126,20 @@ void w_tinylfu_policy::on_remove(entry_node* n) noexcept {
 }
 
 entry_node* w_tinylfu_policy::victim() noexcept {
-  sampling_ = true;  // the shard is at its bound: hit ratios now say something about the sizes
   entry_node* v = main_victim();
-  if (candidate_ == nullptr) return v != nullptr ? v : window_.back();
-  if (v == nullptr) return candidate_;
-  return admit(candidate_, v) ? v : candidate_;
+  entry_node* out = nullptr;
+  if (candidate_ == nullptr) {
+    out = v != nullptr ? v : window_.back();
+  } else if (v == nullptr) {
+    out = candidate_;
+  } else {
+    out = admit(candidate_, v) ? v : candidate_;
+  }
+  if (out != nullptr) {
+    const bool window_side = out == candidate_ || out->segment == window_segment;
+    (window_side ? window_ghosts_ : main_ghosts_).add(out->hash);
+  }
+  return out;
 }
 
 entry_node* w_tinylfu_policy::main_victim() noexcept {
@@ -149,14 +171,12 @@ entry_node* w_tinylfu_policy::protected_unreferenced_tail() noexcept {
   }
 }
 
-void w_tinylfu_policy::record_request(bool hit) noexcept {
-  if (!sampling_) return;
-  ++batch_requests_;
-  batch_hits_ += hit ? 1 : 0;
-  if (batch_requests_ < batch_size) return;
-  climber_->record(batch_requests_, batch_hits_);
+void w_tinylfu_policy::record_request() noexcept {
+  if (++batch_requests_ < batch_size) return;
+  climber_->record(batch_requests_, batch_window_ghost_hits_, batch_main_ghost_hits_);
   batch_requests_ = 0;
-  batch_hits_ = 0;
+  batch_window_ghost_hits_ = 0;
+  batch_main_ghost_hits_ = 0;
 }
 
 }  // namespace layercache::detail

@@ -12,12 +12,13 @@
 // wins a tie-or-loss once in 128 (Caffeine's defence against an attacker who keeps the victim's
 // counters high by hash collisions, and a way out of a stale main set).
 //
-// Window size: set by a window_climber (window_climber.hpp), shared by all shards of a layer, from
-// the hit ratio of the layer's traffic; each shard applies the climber's share of capacity to its
-// own capacity when it inserts, staying in [1, capacity − 1] entries (one at least, so the newest
-// write is never its own victim). Protected is 80 % of main. A shard reports its requests to the
-// climber in batches of 64 once it has been full, so the hit path writes shared state once per 64
-// requests at most.
+// Window size: set by a window_climber (window_climber.hpp), shared by all shards of a layer;
+// each shard applies the climber's share of capacity to its own capacity when it inserts, staying
+// in [1, capacity − 1] entries (one at least, so the newest write is never its own victim).
+// Protected is 80 % of main. The shard feeds the climber: it remembers its last window-side and
+// main evictions (one climber step's worth each, in ghost filters) and counts the misses on them,
+// reporting in batches of 64 requests, so the hit path writes shared state once per 64 requests
+// at most.
 //
 // Inside protected, recency is kept CLOCK-style as in the segmented-LRU policy (a hit sets the
 // referenced bit; no list moves on the hit path). A hit in the window moves the node to the
@@ -33,6 +34,7 @@
 
 #include "memory/eviction_policy.hpp"
 #include "memory/frequency_sketch.hpp"
+#include "memory/ghost_filter.hpp"
 #include "memory/node_list.hpp"
 #include "memory/window_climber.hpp"
 
@@ -59,7 +61,7 @@ class alignas(64) w_tinylfu_policy final : public eviction_policy {
   entry_node* main_victim() noexcept;
   entry_node* protected_unreferenced_tail() noexcept;
   void promote(entry_node* n) noexcept;
-  void record_request(bool hit) noexcept;
+  void record_request() noexcept;
   void apply_window_share() noexcept;
 
   std::size_t capacity_;
@@ -73,9 +75,11 @@ class alignas(64) w_tinylfu_policy final : public eviction_policy {
   std::uint64_t random_;  // xorshift state for the 1-in-128 admission
   std::unique_ptr<window_climber> own_climber_;
   window_climber* climber_;
-  bool sampling_ = false;  // set once the shard first needed a victim (it is full)
+  ghost_filter window_ghosts_;  // recent window-side evictions (rejected newcomers)
+  ghost_filter main_ghosts_;    // recent main evictions
   std::uint32_t batch_requests_ = 0;
-  std::uint32_t batch_hits_ = 0;
+  std::uint32_t batch_window_ghost_hits_ = 0;
+  std::uint32_t batch_main_ghost_hits_ = 0;
 };
 
 }  // namespace layercache::detail
