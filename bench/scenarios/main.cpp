@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
                  "Redis URL to use; default: start a throwaway redis-server on a free port");
   layercache::bench::register_hot_path(app, args);
   layercache::bench::register_stampede(app, args);
+  layercache::bench::register_hit_ratio(app, args);
 #if LAYERCACHE_BENCH_HAS_REDIS
   layercache::bench::register_l2_hit(app, args);
   layercache::bench::register_slow_redis(app, args);

@@ -20,6 +20,7 @@ inline void emit_json(const common_args& args, const nlohmann::json& j) {
 
 void register_hot_path(CLI::App& app, common_args& args);
 void register_stampede(CLI::App& app, common_args& args);
+void register_hit_ratio(CLI::App& app, common_args& args);
 #if LAYERCACHE_BENCH_HAS_REDIS
 void register_l2_hit(CLI::App& app, common_args& args);
 void register_slow_redis(CLI::App& app, common_args& args);

@@ -11,10 +11,14 @@
 // them to a protected segment (80 % of capacity, recency kept by a second-chance bit so a hit moves
 // no list nodes); victims come from probation first. A one-off scan of cold keys therefore churns
 // probation only and leaves the hot, protected set in place, where plain LRU would flush it. The
-// policy is a seam (src/memory/eviction_policy.hpp): `eviction::lru` is provided for comparison and
-// a W-TinyLFU policy can be added behind the same interface. Bounds (`max_entries`, `max_bytes`)
-// are divided evenly across shards, so an individual shard may evict while others have room; with
-// the default shard count that error is below 1/shards.
+// policy is a seam (src/memory/eviction_policy.hpp): `eviction::lru` is provided for comparison,
+// and `eviction::w_tinylfu` puts a small LRU window in front of the segmented main space and admits
+// a window graduate into main only if a frequency sketch says it is used more often than main's
+// victim (the window's size adapts to the workload). `max_entries` is one budget
+// for the whole layer: a shard may hold up to twice its even share while the layer is under the
+// bound, so sharding does not lose capacity to uneven hashing. `max_bytes` is divided evenly across
+// shards, so an individual shard may evict while others have room; with the default shard count
+// that error is below 1/shards.
 //
 // Removal causes are reported to `on_remove` after the shard lock is released, on the thread that
 // caused the removal.
@@ -45,6 +49,7 @@ struct type_ops;
 enum class eviction : unsigned char {
   segmented_lru,  // scan-resistant default
   lru,            // plain LRU, for comparison
+  w_tinylfu,      // window LRU + frequency-sketch admission into segmented LRU, adaptive window
 };
 
 // Why an entry left the memory layer.
@@ -68,8 +73,8 @@ struct memory_layer_options {
   // Number of shards, a power of two; zero picks one from max_entries (up to 64). Default zero.
   std::size_t shards = 0;
   eviction policy = eviction::segmented_lru;
-  // Share of each shard's capacity reserved for the protected segment (segmented_lru only), in
-  // (0, 1). Default 0.8.
+  // Share of each shard's capacity reserved for the protected segment (segmented_lru only;
+  // w_tinylfu keeps 80 % of its main space), in (0, 1). Default 0.8.
   double protected_ratio = 0.8;
   // Called after an entry is removed, with its key and cause. Must not throw. Empty means none.
   std::function<void(std::string_view key, removal_cause cause)> on_remove{};

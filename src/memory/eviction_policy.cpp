@@ -3,46 +3,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "memory/node_list.hpp"
+#include "memory/w_tinylfu_policy.hpp"
+
 namespace layercache::detail {
 namespace {
-
-// A circular doubly linked list with a sentinel, over entry_node's prev/next.
-class node_list {
- public:
-  node_list() { head_.prev = head_.next = &head_; }
-  node_list(const node_list&) = delete;
-  node_list& operator=(const node_list&) = delete;
-
-  bool empty() const noexcept { return head_.next == &head_; }
-  std::size_t size() const noexcept { return size_; }
-  void push_front(entry_node* n) noexcept {
-    n->next = head_.next;
-    n->prev = &head_;
-    head_.next->prev = n;
-    head_.next = n;
-    ++size_;
-  }
-  void unlink(entry_node* n) noexcept {
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    n->prev = n->next = nullptr;
-    --size_;
-  }
-  void move_to_front(entry_node* n) noexcept {
-    if (head_.next == n) return;
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    n->next = head_.next;
-    n->prev = &head_;
-    head_.next->prev = n;
-    head_.next = n;
-  }
-  entry_node* back() noexcept { return empty() ? nullptr : head_.prev; }
-
- private:
-  entry_node head_;
-  std::size_t size_ = 0;
-};
 
 // Moving a node to the front touches its two neighbours, usually two cache misses on an L1 hit.
 // A node that fewer than `window` other nodes have passed since its last move is still in the front
@@ -151,10 +116,12 @@ class alignas(64) slru_policy final : public eviction_policy {
 }  // namespace
 
 std::unique_ptr<eviction_policy> make_policy(eviction kind, std::size_t capacity,
-                                             double protected_ratio) {
+                                             double protected_ratio, window_climber* climber) {
   switch (kind) {
     case eviction::lru:
       return std::make_unique<lru_policy>(capacity);
+    case eviction::w_tinylfu:
+      return std::make_unique<w_tinylfu_policy>(capacity, climber);
     case eviction::segmented_lru:
       break;
   }

@@ -4,13 +4,28 @@
 // spin lock (critical sections are tens of nanoseconds) guarding its hash chains, policy lists and
 // counters. Counters live inside the shard (updated under its lock) rather than in shared atomics,
 // so two threads hitting different shards touch no common cache line. No lock is held while a node
-// is freed or while on_remove runs. Eviction: after each insert the shard evicts policy victims
-// while it is over max_entries or max_bytes (both divided across shards so the shard bounds sum to
-// the global ones). An entry heavier than its shard's whole byte bound is evicted at once, alone.
-// Invariants: every node in a shard's chains is in its policy's lists and counted in count/bytes.
+// is freed or while on_remove runs.
+//
+// Capacity: max_entries is one budget for the whole layer, not a rigid split. Each shard has a
+// quota (max_entries / shards, the split the policies are sized for) and may hold up to twice it
+// while the layer as a whole is under max_entries, so a shard that hashing gave more keys borrows
+// the room another shard does not use (with 16 shards of 64, a loop over 1,011 keys fits 1,024
+// entries instead of losing every shard that drew more than 64 of them). The budget is an atomic
+// count of the entries that hold a slot; an insert takes a slot with a CAS on the insert path only
+// (hits never touch it). When the budget is exhausted, the inserting shard frees a slot: from
+// itself when it is over its quota, else from a shard that is over its quota (taken with try_lock
+// while holding our own lock, so two inserting shards never wait on each other), else from itself.
+// The new entry joins its shard's policy before it holds a slot, so an admission policy can still
+// choose it as the victim (then no slot is taken). max_bytes stays divided across shards. After an
+// insert a shard also evicts while over its byte bound or twice its quota. An entry heavier than
+// its shard's whole byte bound is evicted at once, alone.
+// Invariants: every node in a shard's chains is in its policy's lists and counted in count/bytes;
+// every such node but the one an insert is placing holds one slot of the budget, so size() (the
+// budget's count) never exceeds max_entries, even while shards are read one by one.
 #include "layercache/memory_layer.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <mutex>
@@ -23,6 +38,7 @@
 #include "memory/entry_node.hpp"
 #include "memory/eviction_policy.hpp"
 #include "memory/removal_deferral.hpp"
+#include "memory/window_climber.hpp"
 
 namespace layercache {
 
@@ -85,14 +101,24 @@ class removal_list {
   std::vector<removed> overflow_;
 };
 
+// The layer-wide entry budget (see the header comment), on its own cache line.
+struct alignas(64) entry_budget {
+  std::atomic<std::size_t> used{0};
+  std::size_t max = 0;
+};
+
 struct alignas(64) shard {
   detail::spin_mutex mu;
   std::vector<entry_node*> buckets;  // power-of-two size, chains via hash_next
   std::unique_ptr<detail::eviction_policy> policy;
-  std::size_t max_entries = 0;
-  std::size_t max_bytes = 0;  // 0 = unbounded
+  entry_budget* budget = nullptr;
+  std::size_t quota = 0;        // this shard's share of max_entries (what its policy is sized for)
+  std::size_t max_entries = 0;  // hard bound: twice the quota
+  std::size_t max_bytes = 0;    // 0 = unbounded
   std::size_t count = 0;
   std::size_t bytes = 0;
+  entry_node* placing = nullptr;  // the node an insert is placing; it holds no budget slot yet
+  std::atomic<std::size_t> count_seen{0};  // count, readable without the lock (donor choice)
   std::uint64_t hits = 0, misses = 0, evictions = 0, expirations = 0, writes = 0;
 
   entry_node** slot_of(std::string_view key, std::uint64_t hash) noexcept {
@@ -126,19 +152,69 @@ struct alignas(64) shard {
     n->hash_next = nullptr;
     policy->on_remove(n);
     --count;
+    count_seen.store(count, std::memory_order_relaxed);
     bytes -= n->weight;
+    if (n == placing) {
+      placing = nullptr;
+    } else {
+      budget->used.fetch_sub(1, std::memory_order_relaxed);
+    }
     return n;
+  }
+
+  void link(entry_node** slot, entry_node* n) noexcept {
+    *slot = n;
+    policy->on_insert(n);
+    ++count;
+    count_seen.store(count, std::memory_order_relaxed);
+    bytes += n->weight;
+    placing = n;
+  }
+
+  void evict_victim(removal_list& out) {
+    entry_node* v = policy->victim();
+    out.add(unlink(slot_of(v->key(), v->hash)), removal_cause::evicted);
+    ++evictions;
   }
 
   void evict_over_bounds(removal_list& out) {
     while (count > max_entries || (max_bytes != 0 && bytes > max_bytes)) {
-      entry_node* v = policy->victim();
-      if (v == nullptr) break;
-      out.add(unlink(slot_of(v->key(), v->hash)), removal_cause::evicted);
-      ++evictions;
+      if (count == 0) break;
+      evict_victim(out);
     }
   }
 };
+
+// Gives the node `s` is placing a slot of the budget, freeing one first while the budget is
+// exhausted. Called with s.mu held; may take other shards' locks with try_lock only.
+void take_slot(shard& s, shard* all, std::size_t shard_count, removal_list& out) {
+  entry_budget& budget = *s.budget;
+  while (s.placing != nullptr) {
+    std::size_t used = budget.used.load(std::memory_order_relaxed);
+    if (used < budget.max) {
+      if (budget.used.compare_exchange_weak(used, used + 1, std::memory_order_relaxed)) {
+        s.placing = nullptr;
+      }
+      continue;
+    }
+    // Full. A shard over its quota pays itself; one within it takes from a shard over its own.
+    if (s.count <= s.quota) {
+      bool freed = false;
+      const std::size_t self = static_cast<std::size_t>(&s - all);
+      for (std::size_t i = 1; i < shard_count && !freed; ++i) {
+        shard& d = all[(self + i) & (shard_count - 1)];
+        if (d.count_seen.load(std::memory_order_relaxed) <= d.quota || !d.mu.try_lock()) continue;
+        if (d.count > d.quota) {
+          d.evict_victim(out);
+          freed = true;
+        }
+        d.mu.unlock();
+      }
+      if (freed) continue;
+    }
+    s.evict_victim(out);  // may be the node being placed (an admission policy's rejection)
+  }
+}
 
 // Sampling keeps the cost of timing off most hits (two clock reads would double an L1 hit).
 constexpr std::uint32_t latency_sample_mask = 63;
@@ -149,6 +225,9 @@ struct memory_layer::impl {
   memory_layer_options options;
   layer_info info;
   std::shared_ptr<const ::layercache::clock> clock;
+  entry_budget budget;
+  // W-TinyLFU's window climber, one for all shards (declared before them: they point to it).
+  std::unique_ptr<detail::window_climber> climber;
   std::unique_ptr<shard[]> shards;
   std::size_t shard_count = 0;
   int shard_shift = 0;
@@ -210,14 +289,21 @@ memory_layer::memory_layer(memory_layer_options options) : impl_(std::make_uniqu
   const std::size_t extra_entries = m.options.max_entries % n;
   const std::size_t per_bytes = m.options.max_bytes / n;
   const std::size_t extra_bytes = m.options.max_bytes % n;
+  m.budget.max = m.options.max_entries;
+  if (m.options.policy == eviction::w_tinylfu) {
+    m.climber = std::make_unique<detail::window_climber>(m.options.max_entries);
+  }
   for (std::size_t i = 0; i < n; ++i) {
     shard& s = m.shards[i];
-    s.max_entries = per_entries + (i < extra_entries ? 1 : 0);
+    s.budget = &m.budget;
+    s.quota = per_entries + (i < extra_entries ? 1 : 0);
+    s.max_entries = 2 * s.quota;
     s.max_bytes = m.options.max_bytes == 0
                       ? 0
                       : std::max<std::size_t>(1, per_bytes + (i < extra_bytes ? 1 : 0));
     s.buckets.assign(16, nullptr);
-    s.policy = detail::make_policy(m.options.policy, s.max_entries, m.options.protected_ratio);
+    s.policy =
+        detail::make_policy(m.options.policy, s.quota, m.options.protected_ratio, m.climber.get());
   }
 }
 
@@ -308,10 +394,7 @@ void memory_layer::insert(std::string_view key, std::uint64_t hash,
       removals.add(s.unlink(slot), removal_cause::replaced);
       slot = s.slot_of(key, hash);
     }
-    *slot = n;
-    s.policy->on_insert(n);
-    ++s.count;
-    s.bytes += n->weight;
+    s.link(slot, n);
     ++s.writes;
     if (s.max_bytes != 0 && n->weight > s.max_bytes) {
       // It cannot fit however much is evicted: drop it alone rather than flush the shard for it.
@@ -319,6 +402,7 @@ void memory_layer::insert(std::string_view key, std::uint64_t hash,
       removals.add(s.unlink(slot), removal_cause::evicted);
     }
     s.evict_over_bounds(removals);
+    take_slot(s, m.shards.get(), m.shard_count, removals);
     if (s.count > s.buckets.size()) s.grow();
   }
   m.finish(removals);
@@ -440,12 +524,9 @@ std::size_t memory_layer::cap_lifetimes(unix_ms until) {
 }
 
 std::size_t memory_layer::size() const {
-  std::size_t total = 0;
-  for (std::size_t i = 0; i < impl_->shard_count; ++i) {
-    std::lock_guard lock(impl_->shards[i].mu);
-    total += impl_->shards[i].count;
-  }
-  return total;
+  // The budget's count: one consistent number, where summing the shards one by one could count
+  // an entry twice while another shard's insert moves a slot between them.
+  return impl_->budget.used.load(std::memory_order_relaxed);
 }
 
 layer_metrics memory_layer::metrics() const {

@@ -17,6 +17,11 @@ INSTANTIATE_TEST_SUITE_P(
                                     [](std::shared_ptr<const clock> c) {
                                       return layers{memory_layer::create({.clock = c})};
                                     }},
+                      layer_factory{"MemoryWTinyLfu",
+                                    [](std::shared_ptr<const clock> c) {
+                                      return layers{memory_layer::create(
+                                          {.policy = eviction::w_tinylfu, .clock = c})};
+                                    }},
                       layer_factory{"MemoryAndBytes",
                                     [](std::shared_ptr<const clock> c) {
                                       return layers{memory_layer::create({.clock = c}),

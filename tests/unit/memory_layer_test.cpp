@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "layercache/cache_stack.hpp"
+#include "layercache/detail/hash.hpp"
 #include "support/fake_clock.hpp"
 
 namespace {
@@ -216,9 +217,29 @@ TEST(MemoryLayerTest, MaxEntriesBoundIsRespectedAndCountedAsEvictions) {
   EXPECT_EQ(cache.get_if_present<std::string>("k0"), nullptr);
 }
 
-TEST(MemoryLayerTest, MaxEntriesIsAGlobalBoundWhenNotDivisibleByShards) {
+// The bound, weigher and on_remove guarantees hold whatever the policy.
+class MemoryLayerPolicyTest : public ::testing::TestWithParam<eviction> {};
+
+std::string policy_name(const ::testing::TestParamInfo<eviction>& info) {
+  switch (info.param) {
+    case eviction::segmented_lru:
+      return "segmented_lru";
+    case eviction::lru:
+      return "lru";
+    case eviction::w_tinylfu:
+      return "w_tinylfu";
+  }
+  return "unknown";
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, MemoryLayerPolicyTest,
+                         ::testing::Values(eviction::segmented_lru, eviction::lru,
+                                           eviction::w_tinylfu),
+                         policy_name);
+
+TEST_P(MemoryLayerPolicyTest, MaxEntriesIsAGlobalBoundWhenNotDivisibleByShards) {
   // 1000 entries over 16 shards is 62.5 per shard: rounding each shard up would hold 1008.
-  auto l1 = memory_layer::create({.max_entries = 1000, .shards = 16});
+  auto l1 = memory_layer::create({.max_entries = 1000, .shards = 16, .policy = GetParam()});
   cache_stack cache({l1});
   for (int i = 0; i < 5000; ++i) {
     ASSERT_TRUE(cache.set<int>("k" + std::to_string(i), i).ok());
@@ -228,8 +249,52 @@ TEST(MemoryLayerTest, MaxEntriesIsAGlobalBoundWhenNotDivisibleByShards) {
   EXPECT_EQ(l1->metrics().evictions, 5000u - l1->size());
 }
 
-TEST(MemoryLayerTest, MaxEntriesBelowShardCountIsStillABound) {
-  auto l1 = memory_layer::create({.max_entries = 3, .shards = 4});
+TEST_P(MemoryLayerPolicyTest, KeysHashedUnevenlyAcrossShardsStillFillTheWholeCapacity) {
+  // 1,011 keys in 1,024 entries over 16 shards: about a third of the shards draw more than their
+  // 64, which a rigid split would evict (issue #11's loop@1024 case).
+  auto l1 = memory_layer::create({.max_entries = 1024, .shards = 16, .policy = GetParam()});
+  cache_stack cache({l1});
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 1011; ++i) {
+      (void)cache.get<int>("loop" + std::to_string(i), [i] { return i; });
+    }
+  }
+  const auto m = l1->metrics();
+  EXPECT_EQ(m.evictions, 0u);
+  EXPECT_EQ(m.entries, 1011u);
+  EXPECT_EQ(l1->size(), 1011u);
+  EXPECT_EQ(m.hits, 2u * 1011u);
+}
+
+TEST_P(MemoryLayerPolicyTest, AShardWithinItsShareTakesRoomFromAShardOverIt) {
+  // Two shards of 32: shard 0 borrowed 16 entries while the layer had room; when the layer is full
+  // a new entry of shard 1 evicts one of shard 0's, not one of its own.
+  removal_log removed;
+  auto l1 = memory_layer::create(
+      {.max_entries = 64, .shards = 2, .policy = GetParam(), .on_remove = removed.callback()});
+  cache_stack cache({l1});
+  std::vector<std::string> keys[2];
+  for (int i = 0; keys[0].size() < 48 || keys[1].size() < 17; ++i) {
+    std::string key = "k" + std::to_string(i);
+    keys[detail::hash_key(key) >> 63].push_back(std::move(key));
+  }
+  for (std::size_t i = 0; i < 48; ++i) ASSERT_TRUE(cache.set<int>(keys[0][i], 0).ok());
+  for (std::size_t i = 0; i < 16; ++i) ASSERT_TRUE(cache.set<int>(keys[1][i], 1).ok());
+  ASSERT_EQ(l1->size(), 64u);
+  ASSERT_TRUE(removed.take().empty());
+  ASSERT_TRUE(cache.set<int>(keys[1][16], 1).ok());
+  EXPECT_EQ(l1->size(), 64u);
+  auto log = removed.take();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(log[0].cause, removal_cause::evicted);
+  EXPECT_EQ(detail::hash_key(log[0].key) >> 63, 0u) << log[0].key << " came from shard 1";
+  for (std::size_t i = 0; i < 17; ++i) {
+    EXPECT_NE(cache.get_if_present<int>(keys[1][i]), nullptr) << keys[1][i];
+  }
+}
+
+TEST_P(MemoryLayerPolicyTest, MaxEntriesBelowShardCountIsStillABound) {
+  auto l1 = memory_layer::create({.max_entries = 3, .shards = 4, .policy = GetParam()});
   cache_stack cache({l1});
   for (int i = 0; i < 1000; ++i) {
     ASSERT_TRUE(cache.set<int>("key-" + std::to_string(i), i).ok());
@@ -238,12 +303,13 @@ TEST(MemoryLayerTest, MaxEntriesBelowShardCountIsStillABound) {
   EXPECT_GE(l1->size(), 1u);
 }
 
-TEST(MemoryLayerTest, MaxBytesBoundUsesTheWeigherSpecialisation) {
+TEST_P(MemoryLayerPolicyTest, MaxBytesBoundUsesTheWeigherSpecialisation) {
   constexpr std::size_t max_bytes = 100'000;
   removal_log removed;
   auto l1 = memory_layer::create({.max_entries = 10'000,
                                   .max_bytes = max_bytes,
                                   .shards = 1,
+                                  .policy = GetParam(),
                                   .on_remove = removed.callback()});
   cache_stack cache({l1});
   for (int i = 0; i < 50; ++i) {
@@ -295,6 +361,39 @@ TEST(MemoryLayerTest, SegmentedLruKeepsTheHotSetThroughAScanThatFlushesLru) {
   EXPECT_LE(lru, 0.1);
 }
 
+TEST(MemoryLayerTest, WTinyLfuKeepsTheHotSetThroughAScanThatFlushesLru) {
+  EXPECT_GE(hot_hit_ratio_after_scan(eviction::w_tinylfu), 0.9);
+  EXPECT_LE(hot_hit_ratio_after_scan(eviction::lru), 0.1);
+}
+
+TEST(MemoryLayerTest, WTinyLfuReportsARejectedNewcomerAsEvicted) {
+  removal_log removed;
+  auto l1 = memory_layer::create({.max_entries = 10,
+                                  .shards = 1,
+                                  .policy = eviction::w_tinylfu,
+                                  .on_remove = removed.callback()});
+  cache_stack cache({l1});
+  auto fetch = [] { return std::string("x"); };
+  for (int round = 0; round < 3; ++round) {  // ten keys, each read three times
+    for (int i = 0; i < 10; ++i) (void)cache.get<std::string>("hot" + std::to_string(i), fetch);
+  }
+  ASSERT_TRUE(removed.take().empty());
+  for (int i = 0; i < 20; ++i) (void)cache.get<std::string>("once" + std::to_string(i), fetch);
+  // Each one-off key passes through the one-entry window and loses the admission contest to a hot
+  // key; only the newest one, still in the window, is resident.
+  auto log = removed.take();
+  std::size_t newcomers = 0;
+  for (const auto& r : log) {
+    EXPECT_EQ(r.cause, removal_cause::evicted) << r.key;
+    newcomers += r.key.starts_with("once") ? 1 : 0;
+  }
+  EXPECT_GE(newcomers, 18u);
+  EXPECT_NE(cache.get_if_present<std::string>("once19"), nullptr);
+  const auto m = l1->metrics();
+  EXPECT_EQ(m.entries, 10u);
+  EXPECT_EQ(m.evictions, log.size());
+}
+
 TEST(MemoryLayerTest, OnRemoveReportsEachCauseWithItsKey) {
   auto clock = std::make_shared<test::fake_clock>();
   removal_log removed;
@@ -342,25 +441,28 @@ TEST(MemoryLayerTest, OnRemoveReportsEachCauseWithItsKey) {
   EXPECT_TRUE(removed.take().empty());
 }
 
-TEST(MemoryLayerTest, OnRemoveRunsWithoutTheShardLockHeld) {
+TEST_P(MemoryLayerPolicyTest, OnRemoveRunsWithoutTheShardLockHeld) {
   // The callback calls back into the layer; with the (only) shard locked this would deadlock.
   std::shared_ptr<memory_layer> l1;
   std::atomic<std::size_t> seen_size{999};
   l1 = memory_layer::create(
-      {.max_entries = 1, .shards = 1, .on_remove = [&](std::string_view, removal_cause) {
-         seen_size = l1->size();
-       }});
+      {.max_entries = 1,
+       .shards = 1,
+       .policy = GetParam(),
+       .on_remove = [&](std::string_view, removal_cause) { seen_size = l1->size(); }});
   cache_stack cache({l1});
   ASSERT_TRUE(cache.set<int>("a", 1).ok());
   ASSERT_TRUE(cache.set<int>("b", 2).ok());
   EXPECT_EQ(seen_size.load(), 1u);
 }
 
-TEST(MemoryLayerTest, OnRemoveExceptionIsSwallowed) {
-  auto l1 = memory_layer::create(
-      {.max_entries = 1, .shards = 1, .on_remove = [](std::string_view, removal_cause) {
-         throw std::runtime_error("callback bug");
-       }});
+TEST_P(MemoryLayerPolicyTest, OnRemoveExceptionIsSwallowed) {
+  auto l1 = memory_layer::create({.max_entries = 1,
+                                  .shards = 1,
+                                  .policy = GetParam(),
+                                  .on_remove = [](std::string_view, removal_cause) {
+                                    throw std::runtime_error("callback bug");
+                                  }});
   cache_stack cache({l1});
   ASSERT_TRUE(cache.set<int>("a", 1).ok());
   EXPECT_NO_THROW((void)cache.set<int>("b", 2));
@@ -375,14 +477,16 @@ TEST(MemoryLayerTest, RemovalCauseHasReadableNames) {
   EXPECT_EQ(to_string(removal_cause::replaced), "replaced");
 }
 
-TEST(MemoryLayerTest, ConcurrentReadersAndWritersStayWithinMaxEntries) {
+TEST_P(MemoryLayerPolicyTest, ConcurrentReadersAndWritersStayWithinMaxEntries) {
   constexpr std::size_t max_entries = 1000;  // 16 shards: not a multiple, on purpose
   constexpr int threads = 4, ops = 20'000, key_space = 4000;
   std::atomic<std::uint64_t> removals{0};
-  auto l1 = memory_layer::create(
-      {.max_entries = max_entries, .shards = 16, .on_remove = [&](std::string_view, removal_cause) {
-         removals.fetch_add(1, std::memory_order_relaxed);
-       }});
+  auto l1 = memory_layer::create({.max_entries = max_entries,
+                                  .shards = 16,
+                                  .policy = GetParam(),
+                                  .on_remove = [&](std::string_view, removal_cause) {
+                                    removals.fetch_add(1, std::memory_order_relaxed);
+                                  }});
   cache_stack cache({l1});
   std::atomic<bool> stop{false};
   std::atomic<std::size_t> max_seen{0};
