@@ -242,7 +242,9 @@ class write_behind {
     std::size_t outstanding = 0;
     pending_kind kind = pending_kind::none;
     std::shared_ptr<const std::string> bytes;
-    std::uint64_t fence = 0;  // the highest write_op::fences of a registered fill
+    // The highest version a registered conditional delete, or write_op::fences of a registered
+    // fill, fences.
+    std::uint64_t fence = 0;
     // An alias (alias_pending) reports another key's entry; that entry lists its aliases, which
     // go when it does.
     bool alias = false;

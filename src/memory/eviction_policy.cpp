@@ -81,12 +81,7 @@ class alignas(64) slru_policy final : public eviction_policy {
     n->segment = protected_segment;
     n->referenced = false;
     protected_.push_front(n);
-    if (protected_.size() > protected_capacity_) {
-      entry_node* demoted = protected_unreferenced_tail();
-      protected_.unlink(demoted);
-      demoted->segment = probation;
-      probation_.push_front(demoted);
-    }
+    demote_overflow(protected_, protected_capacity_, probation_, probation);
   }
   void on_remove(entry_node* n) noexcept override {
     (n->segment == protected_segment ? protected_ : probation_).unlink(n);
@@ -94,20 +89,10 @@ class alignas(64) slru_policy final : public eviction_policy {
   entry_node* victim() noexcept override {
     entry_node* v = probation_.back();
     if (v != nullptr) return v;
-    return protected_.empty() ? nullptr : protected_unreferenced_tail();
+    return second_chance_tail(protected_);
   }
 
  private:
-  // Gives referenced tail nodes their second chance; returns the first unreferenced tail.
-  entry_node* protected_unreferenced_tail() noexcept {
-    for (;;) {
-      entry_node* t = protected_.back();
-      if (!t->referenced) return t;
-      t->referenced = false;
-      protected_.move_to_front(t);
-    }
-  }
-
   std::size_t protected_capacity_;
   node_list probation_;
   node_list protected_;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "memory/entry_node.hpp"
 
@@ -47,5 +48,30 @@ class node_list {
   entry_node head_;
   std::size_t size_ = 0;
 };
+
+// CLOCK-style second chance over a list's tail (the protected segments): a referenced tail node has
+// its bit cleared and goes back to the front; the first unreferenced one is returned, still linked
+// (null when the list is empty). Each step clears a bit, so a sweep is bounded by the list's size
+// and amortised O(1).
+inline entry_node* second_chance_tail(node_list& l) noexcept {
+  for (;;) {
+    entry_node* t = l.back();
+    if (t == nullptr || !t->referenced) return t;
+    t->referenced = false;
+    l.move_to_front(t);
+  }
+}
+
+// Moves what `from` holds beyond `max` entries, chosen by second chance, to the front of `to`,
+// marking each with `to_segment`: a protected segment's overflow demoted to probation.
+inline void demote_overflow(node_list& from, std::size_t max, node_list& to,
+                            std::uint8_t to_segment) noexcept {
+  while (from.size() > max) {
+    entry_node* demoted = second_chance_tail(from);
+    from.unlink(demoted);
+    demoted->segment = to_segment;
+    to.push_front(demoted);
+  }
+}
 
 }  // namespace layercache::detail

@@ -102,12 +102,7 @@ void w_tinylfu_policy::promote(entry_node* n) noexcept {
   n->segment = protected_segment;
   n->referenced = false;
   protected_.push_front(n);
-  while (protected_.size() > protected_max_) {
-    entry_node* demoted = protected_unreferenced_tail();
-    protected_.unlink(demoted);
-    demoted->segment = probation_segment;
-    probation_.push_front(demoted);
-  }
+  demote_overflow(protected_, protected_max_, probation_, probation_segment);
 }
 
 void w_tinylfu_policy::on_remove(entry_node* n) noexcept {
@@ -146,7 +141,7 @@ entry_node* w_tinylfu_policy::main_victim() noexcept {
   entry_node* v = probation_.back();
   if (v != nullptr && v == candidate_) v = probation_.size() > 1 ? candidate_->prev : nullptr;
   if (v != nullptr) return v;
-  return protected_.empty() ? nullptr : protected_unreferenced_tail();
+  return second_chance_tail(protected_);
 }
 
 bool w_tinylfu_policy::admit(const entry_node* candidate, const entry_node* victim) noexcept {
@@ -158,17 +153,6 @@ bool w_tinylfu_policy::admit(const entry_node* candidate, const entry_node* vict
   random_ ^= random_ >> 7;
   random_ ^= random_ << 17;
   return (random_ & 127) == 0;
-}
-
-// Gives referenced tail nodes their second chance; returns the first unreferenced tail. Each step
-// clears a bit, so a sweep is bounded by the segment's size and amortised O(1).
-entry_node* w_tinylfu_policy::protected_unreferenced_tail() noexcept {
-  for (;;) {
-    entry_node* t = protected_.back();
-    if (!t->referenced) return t;
-    t->referenced = false;
-    protected_.move_to_front(t);
-  }
 }
 
 void w_tinylfu_policy::record_request() noexcept {

@@ -59,7 +59,6 @@ class alignas(64) w_tinylfu_policy final : public eviction_policy {
  private:
   bool admit(const entry_node* candidate, const entry_node* victim) noexcept;
   entry_node* main_victim() noexcept;
-  entry_node* protected_unreferenced_tail() noexcept;
   void promote(entry_node* n) noexcept;
   void record_request() noexcept;
   void apply_window_share() noexcept;
